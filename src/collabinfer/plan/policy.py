@@ -1,0 +1,111 @@
+"""Policies: after every block, *exit*, *continue here* or *send to the next tier*.
+
+A policy is asked once per request before the first block (:meth:`Policy.begin`,
+where it may re-plan) and then after every block (:meth:`Policy.decide`). The
+plan it picks travels inside the :class:`~collabinfer.runtime.state.State`, so a
+remote tier can follow the device's plan without knowing its policy.
+
+* :class:`StaticPolicy` follows one fixed plan (LC, EC, CC, best static split).
+* :class:`AdaptivePolicy` re-plans per input from running link estimates: the
+  ``collabinfer`` row of Table 1. Later capabilities (exits, gates, cache)
+  extend it by overriding :meth:`decide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from collabinfer.errors import ConfigError
+from collabinfer.plan.cost import Plan
+from collabinfer.plan.planner import Planner
+from collabinfer.runtime.estimator import LinkEstimator
+from collabinfer.runtime.state import State
+
+
+class Action(str, Enum):
+    CONTINUE = "continue"
+    OFFLOAD = "offload"
+    EXIT = "exit"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    codec: str | None = None  # for OFFLOAD: how to encode (None: forward the bytes as received)
+
+
+CONTINUE = Decision(Action.CONTINUE)
+EXIT = Decision(Action.EXIT)
+
+
+class Policy(Protocol):
+    def begin(self, state: State) -> None:
+        """Called on the device before block 0; sets ``state.plan``."""
+
+    def decide(self, state: State, num_blocks: int) -> Decision:
+        """Called with ``state.next_block`` = the cut just reached."""
+
+    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
+        """Told about every transfer, so estimates can follow the link."""
+
+
+def follow_plan(plan: Plan, state: State, num_blocks: int) -> Decision:
+    """The decision that ``plan`` prescribes at the state's cut and tier."""
+    k = state.next_block
+    if k >= num_blocks:
+        return EXIT
+    if k < plan.end_of(state.tier):
+        return CONTINUE
+    return Decision(Action.OFFLOAD, plan.codecs[state.tier])
+
+
+class StaticPolicy:
+    """Follows the same plan for every input."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def begin(self, state: State) -> None:
+        state.plan = self.plan
+
+    def decide(self, state: State, num_blocks: int) -> Decision:
+        return follow_plan(state.plan or self.plan, state, num_blocks)
+
+    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
+        return None
+
+
+class AdaptivePolicy:
+    """Re-plans every input from EWMA link estimates (:class:`LinkEstimator`).
+
+    The device observes its own uplink directly; the estimate of a later link
+    is fed by the tier that uses it (in-process: the chain reports every
+    transfer; over HTTP the answer carries the timings back).
+    """
+
+    def __init__(self, planner: Planner, estimators: Sequence[LinkEstimator]) -> None:
+        if len(estimators) != len(planner.tiers) - 1:
+            raise ConfigError(
+                f"{len(planner.tiers)} tiers need {len(planner.tiers) - 1} link estimators"
+            )
+        self.planner = planner
+        self.estimators = list(estimators)
+        self.plans_made = 0
+
+    def current_plan(self) -> Plan:
+        return self.planner.plan([e.estimate() for e in self.estimators])
+
+    def begin(self, state: State) -> None:
+        state.plan = self.current_plan()
+        self.plans_made += 1
+
+    def decide(self, state: State, num_blocks: int) -> Decision:
+        if state.plan is None:
+            raise ConfigError("AdaptivePolicy.decide called before begin()")
+        return follow_plan(state.plan, state, num_blocks)
+
+    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
+        self.estimators[link].observe(nbytes, seconds)

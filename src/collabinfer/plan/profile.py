@@ -1,0 +1,183 @@
+"""Profiles: per-block compute and per-cut bytes, the input of every plan.
+
+A :class:`Profile` is measured once per model (``collabinfer profile``) and
+read by the planner, the policy and the reports: FLOPs come from
+``torch.utils.flop_counter`` (the path actually run), times are medians of
+batch-1 repeats on this CPU, and bytes are the exact payload lengths of each
+codec at each cut, plus the header that crosses the wire with them.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from collabinfer.codec import get_codec
+from collabinfer.errors import ConfigError
+from collabinfer.model.blocks import BlockNet
+
+INPUT_CODECS = ("u8", "fp16", "fp32")  # what may carry the raw input (cut 0)
+FEATURE_CODECS = ("fp32", "fp16", "int8")  # what may carry features
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    index: int
+    name: str
+    flops: int
+    params: int
+    out_shape: tuple[int, ...]
+    time_ms: float  # median at batch 1 on this CPU
+
+
+@dataclass(frozen=True)
+class CodecCost:
+    payload_bytes: int
+    header_bytes: int
+    encode_ms: float
+    decode_ms: float
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.payload_bytes + self.header_bytes
+
+
+@dataclass(frozen=True)
+class CutProfile:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    codecs: dict[str, CodecCost] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    blocks: tuple[BlockProfile, ...]
+    cuts: tuple[CutProfile, ...]
+    repeats: int
+    measured_on: str
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def total_ms(self) -> float:
+        return sum(b.time_ms for b in self.blocks)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        try:
+            d = json.loads(text)
+            blocks = tuple(
+                BlockProfile(**{**b, "out_shape": tuple(b["out_shape"])}) for b in d["blocks"]
+            )
+            cuts = tuple(
+                CutProfile(
+                    c["index"], c["name"], tuple(c["shape"]),
+                    {k: CodecCost(**v) for k, v in c["codecs"].items()},
+                )
+                for c in d["cuts"]
+            )
+            prof = cls(d["model"], blocks, cuts, int(d["repeats"]), str(d["measured_on"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"not a valid profile: {exc}") from exc
+        if len(prof.cuts) != len(prof.blocks) + 1:
+            raise ConfigError("a profile needs exactly one more cut than blocks")
+        return prof
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        return cls.from_json(path.read_text())
+
+
+def machine_label() -> str:
+    return f"{platform.machine()} {platform.processor() or ''} torch-threads={torch.get_num_threads()}".strip()
+
+
+def _median_ms(fn: object, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+@torch.inference_mode()
+def profile_model(
+    net: BlockNet,
+    model_name: str,
+    repeats: int = 30,
+    warmup: int = 5,
+    input_codecs: Sequence[str] = INPUT_CODECS,
+    feature_codecs: Sequence[str] = FEATURE_CODECS,
+    sample: torch.Tensor | None = None,
+) -> Profile:
+    """Measure ``net`` block by block at batch 1 on this CPU."""
+    if repeats < 1:
+        raise ConfigError("repeats must be >= 1")
+    net.eval()
+    if sample is None:
+        if net.input_shape is None:
+            raise ConfigError("profile_model needs a sample input or a net with input_shape")
+        sample = torch.rand((1, *net.input_shape), generator=torch.Generator().manual_seed(0))
+    # Inputs to every block, from one pass.
+    acts = [sample]
+    for block in net.blocks:
+        acts.append(block(acts[-1]))
+    for _ in range(warmup):
+        net(sample)
+    # Times: interleave blocks in whole passes so cache/thermal effects spread evenly.
+    per_block: list[list[float]] = [[] for _ in net.blocks]
+    for _ in range(repeats):
+        z = sample
+        for i, block in enumerate(net.blocks):
+            t0 = time.perf_counter()
+            z = block(z)
+            per_block[i].append((time.perf_counter() - t0) * 1e3)
+    blocks = []
+    for i, block in enumerate(net.blocks):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            block(acts[i])
+        blocks.append(
+            BlockProfile(
+                index=i,
+                name=net.block_names[i],
+                flops=int(counter.get_total_flops()),
+                params=sum(p.numel() for p in block.parameters()),
+                out_shape=tuple(acts[i + 1].shape[1:]),
+                time_ms=statistics.median(per_block[i]),
+            )
+        )
+    cuts = []
+    for k, z in enumerate(acts):
+        name = "input" if k == 0 else ("output" if k == net.num_blocks else f"after_{net.block_names[k - 1]}")
+        names = input_codecs if k == 0 else feature_codecs
+        costs: dict[str, CodecCost] = {}
+        for cname in names:
+            codec = get_codec(cname)
+            enc = codec.encode(z)
+            costs[cname] = CodecCost(
+                payload_bytes=enc.payload_bytes,
+                header_bytes=enc.header_bytes,
+                encode_ms=_median_ms(lambda c=codec: c.encode(z), max(3, repeats // 3)),
+                decode_ms=_median_ms(lambda c=codec, e=enc: c.decode(e), max(3, repeats // 3)),
+            )
+        cuts.append(CutProfile(k, name, tuple(z.shape[1:]), costs))
+    return Profile(model_name, tuple(blocks), tuple(cuts), repeats, machine_label())

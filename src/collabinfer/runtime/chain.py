@@ -1,0 +1,162 @@
+"""The chain executor: block functions across tiers, joined by links.
+
+Executing block ``k`` is one call whose result is the argument of the next
+call, here or on the next tier (paper, Section 3.1). After every block the
+policy decides; the chain carries out the decision, measures what it did and
+writes the :class:`~collabinfer.runtime.state.Trace`:
+
+* compute is *measured* on this CPU (wall time of the block) and multiplied by
+  the tier's speed factor;
+* transfers take whatever the :class:`~collabinfer.runtime.link.Link` says on
+  its virtual clock (the request) and the answer travels back over the same
+  links;
+* a relay (a tier that runs no block) forwards the bytes it got unchanged;
+* a :class:`~collabinfer.errors.LinkError` on the way out makes the current
+  tier finish the input itself, and the state is marked ``fell_back``.
+
+Everything in-process; ``serve/`` puts the same State on real sockets.
+
+Example::
+
+    >>> chain = Chain(net, [TierSpec("device")], [], StaticPolicy(local_plan))  # doctest: +SKIP
+    >>> result = chain.run(x)                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from collabinfer.codec import Encoded, get_codec
+from collabinfer.errors import ConfigError, LinkError, PlanError
+from collabinfer.model.blocks import BlockNet
+from collabinfer.plan.cost import REPLY_BYTES
+from collabinfer.plan.policy import Action, Policy
+from collabinfer.runtime.link import Link
+from collabinfer.runtime.state import PathEntry, State, Step, StepKind
+from collabinfer.runtime.tier import TierSpec, check_tiers
+
+@dataclass(frozen=True)
+class ChainResult:
+    output: torch.Tensor
+    state: State
+
+    @property
+    def latency_ms(self) -> float:
+        return self.state.trace.latency_ms
+
+
+class Chain:
+    """Runs one model over a chain of tiers under a policy, on a virtual clock."""
+
+    def __init__(
+        self,
+        model: BlockNet,
+        tiers: Sequence[TierSpec],
+        links: Sequence[Link],
+        policy: Policy,
+        reply_bytes: int = REPLY_BYTES,
+    ) -> None:
+        check_tiers(tiers)
+        if len(links) != len(tiers) - 1:
+            raise ConfigError(f"{len(tiers)} tiers need {len(tiers) - 1} links, got {len(links)}")
+        self.model = model.eval()
+        self.tiers = tuple(tiers)
+        self.links = tuple(links)
+        self.policy = policy
+        self.reply_bytes = reply_bytes
+        self._factors = tuple(t.speed_factor for t in tiers)
+
+    def run(self, x: torch.Tensor, start_s: float = 0.0, request_id: str | None = None) -> ChainResult:
+        """Run one input (batch 1 or a batch that moves as one) starting at virtual time ``start_s``."""
+        state = State(z=x) if request_id is None else State(z=x, request_id=request_id)
+        with torch.inference_mode():
+            self._run(state, start_s)
+        return ChainResult(state.z, state)
+
+    def _run(self, state: State, start_s: float) -> None:
+        blocks = self.model.blocks
+        n = len(blocks)
+        trace = state.trace
+        factors = self._factors
+        clock_ms = start_s * 1e3
+        encoded: Encoded | None = None  # bytes in flight, until a tier decodes them
+        hops: list[int] = []
+        encoded_at = -1
+        local_only = False
+        perf = time.perf_counter
+        self.policy.begin(state)
+        while True:
+            tier = state.tier
+            decision = self.policy.decide(state, n)
+            action = decision.action
+            if local_only and action is Action.OFFLOAD:
+                action = Action.CONTINUE
+            if action is Action.CONTINUE:
+                k = state.next_block
+                if k >= n:
+                    raise PlanError("policy asked to continue past the last block")
+                if encoded is not None:
+                    state.z, ms = self._decode(encoded)
+                    trace.add(Step(StepKind.DECODE, tier, ms * factors[tier], wall_ms=ms))
+                    clock_ms += ms * factors[tier]
+                    encoded = None
+                t0 = perf()
+                state.z = blocks[k](state.z)
+                ms = (perf() - t0) * 1e3
+                trace.add(Step(StepKind.COMPUTE, tier, ms * factors[tier], block=k, wall_ms=ms))
+                clock_ms += ms * factors[tier]
+                state.path.append(PathEntry(k, tier, True))
+                state.next_block = k + 1
+            elif action is Action.OFFLOAD:
+                if tier + 1 >= len(self.tiers):
+                    raise PlanError(f"tier {self.tiers[tier].name} has no next tier to offload to")
+                if encoded is None:
+                    if decision.codec is None:
+                        raise PlanError("an offload from a tier holding a tensor needs a codec")
+                    t0 = perf()
+                    encoded = get_codec(decision.codec).encode(state.z)
+                    ms = (perf() - t0) * 1e3
+                    trace.add(Step(StepKind.ENCODE, tier, ms * factors[tier], wall_ms=ms))
+                    clock_ms += ms * factors[tier]
+                    encoded_at = tier
+                nbytes = encoded.payload_bytes + encoded.header_bytes
+                try:
+                    seconds = self.links[tier].transfer(nbytes, clock_ms / 1e3)
+                except LinkError:
+                    # The next tier is unreachable: finish here with what we hold.
+                    trace.add(Step(StepKind.FALLBACK, tier, 0.0))
+                    state.fell_back = True
+                    local_only = True
+                    if encoded_at == tier:  # we still hold the exact tensor: skip the codec
+                        encoded = None
+                    continue
+                self.policy.observe_transfer(tier, nbytes, seconds)
+                trace.add(Step(StepKind.TRANSFER, tier, seconds * 1e3, nbytes=nbytes))
+                clock_ms += seconds * 1e3
+                hops.append(tier)
+                if tier == 0 and state.next_block == 0:
+                    state.raw_input_left_device = True
+                state.tier = tier + 1
+            else:  # EXIT
+                if encoded is not None:
+                    state.z, ms = self._decode(encoded)
+                    trace.add(Step(StepKind.DECODE, tier, ms * factors[tier], wall_ms=ms))
+                    clock_ms += ms * factors[tier]
+                for hop in reversed(hops):
+                    try:
+                        seconds = self.links[hop].transfer(self.reply_bytes, clock_ms / 1e3)
+                    except LinkError:
+                        seconds = 0.0  # the answer is already computed; count no time
+                    trace.add(Step(StepKind.REPLY, hop, seconds * 1e3, nbytes=self.reply_bytes))
+                    clock_ms += seconds * 1e3
+                return
+
+    @staticmethod
+    def _decode(encoded: Encoded) -> tuple[torch.Tensor, float]:
+        t0 = time.perf_counter()
+        z = get_codec(encoded.header.codec).decode(encoded)
+        return z, (time.perf_counter() - t0) * 1e3
