@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from collabinfer.errors import CollabInferError
@@ -23,16 +31,27 @@ from collabinfer.errors import CollabInferError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="zoo model name (see `collabinfer models`)")]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="folder with the Fashion-MNIST IDX files")]
-CacheOpt = Annotated[Path | None, typer.Option("--cache", help="checkpoint cache (default ~/.cache/collabinfer)")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="zoo model name (see `collabinfer models`)")
+]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="folder with the Fashion-MNIST IDX files")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option("--cache", help="checkpoint cache (default ~/.cache/collabinfer)")
+]
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
     )
 
 
@@ -41,7 +60,9 @@ def _fail(exc: CollabInferError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def train_models(names: list[str], data: Path | None, cache: Path | None, force: bool = False) -> dict:
+def train_models(
+    names: list[str], data: Path | None, cache: Path | None, force: bool = False
+) -> dict:
     """Train (or reuse) each named model with a progress bar; returns name -> (model, result)."""
     from collabinfer.train import DEFAULT_CONFIGS, TrainConfig, train_or_load
 
@@ -51,17 +72,34 @@ def train_models(names: list[str], data: Path | None, cache: Path | None, force:
             cfg = DEFAULT_CONFIGS.get(name, TrainConfig(model=name))
             task = progress.add_task(f"train {name}", total=None, info="")
 
-            def cb(phase: str, step: int, total: int, stats: dict, task: int = task) -> None:
+            def cb(
+                phase: str,
+                step: int,
+                total: int,
+                stats: dict,
+                task: TaskID = task,
+                model: str = name,
+            ) -> None:
                 if phase == "train":
-                    progress.update(task, total=total, completed=step,
-                                    info=f"epoch {stats['epoch']:.0f} loss {stats['loss']:.3f}")
+                    progress.update(
+                        task,
+                        total=total,
+                        completed=step,
+                        info=f"epoch {stats['epoch']:.0f} loss {stats['loss']:.3f}",
+                    )
                 else:
-                    progress.console.print(f"  {name}: epoch {step}/{total} val acc {stats['val_acc']:.2%}")
+                    progress.console.print(
+                        f"  {model}: epoch {step}/{total} val acc {stats['val_acc']:.2%}"
+                    )
 
             model, res = train_or_load(cfg, cache=cache, data_root=data, progress=cb, force=force)
             verb = "reused" if res.reused else "trained"
-            progress.update(task, total=1, completed=1,
-                            info=f"{verb}: test acc {res.metrics.get('test_acc', float('nan')):.2%}")
+            progress.update(
+                task,
+                total=1,
+                completed=1,
+                info=f"{verb}: test acc {res.metrics.get('test_acc', float('nan')):.2%}",
+            )
             out[name] = (model, res)
     return out
 
@@ -86,7 +124,7 @@ def train(
 ) -> None:
     """Train a zoo model on Fashion-MNIST (cached by config + data hash)."""
     try:
-        (_, res), = train_models([model], data, cache, force).values()
+        ((_, res),) = train_models([model], data, cache, force).values()
     except CollabInferError as exc:
         raise _fail(exc) from exc
     console.print(f"checkpoint: {res.path}")
@@ -97,7 +135,9 @@ def train(
 def profile(
     model: ModelOpt = "fmnist-resnet",
     repeats: Annotated[int, typer.Option(help="timed batch-1 passes per block")] = 50,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the profile here")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the profile here")
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch threads for timing")] = 1,
 ) -> None:
     """Per block: FLOPs, params, output shape, bytes per codec at the cut, CPU time."""
@@ -112,16 +152,36 @@ def profile(
         prof = profile_model(net, model, repeats=repeats)
     except CollabInferError as exc:
         raise _fail(exc) from exc
-    table = Table("#", "block", "MFLOPs", "params", "output shape", "fp32 B", "fp16 B", "int8 B", "ms (median)",
-                  title=f"{model} on {prof.measured_on}, batch 1, {repeats} repeats")
+    table = Table(
+        "#",
+        "block",
+        "MFLOPs",
+        "params",
+        "output shape",
+        "fp32 B",
+        "fp16 B",
+        "int8 B",
+        "ms (median)",
+        title=f"{model} on {prof.measured_on}, batch 1, {repeats} repeats",
+    )
     for b in prof.blocks:
         cut = prof.cuts[b.index + 1].codecs
-        table.add_row(str(b.index), b.name, f"{b.flops / 1e6:.3f}", f"{b.params:,}", str(b.out_shape),
-                      f"{cut['fp32'].payload_bytes:,}", f"{cut['fp16'].payload_bytes:,}",
-                      f"{cut['int8'].payload_bytes:,}", f"{b.time_ms:.3f}")
+        table.add_row(
+            str(b.index),
+            b.name,
+            f"{b.flops / 1e6:.3f}",
+            f"{b.params:,}",
+            str(b.out_shape),
+            f"{cut['fp32'].payload_bytes:,}",
+            f"{cut['fp16'].payload_bytes:,}",
+            f"{cut['int8'].payload_bytes:,}",
+            f"{b.time_ms:.3f}",
+        )
     console.print(table)
-    console.print(f"input: {prof.cuts[0].codecs['u8'].payload_bytes} bytes as 8-bit pixels; "
-                  f"total {sum(b.flops for b in prof.blocks) / 1e6:.2f} MFLOPs, {prof.total_ms():.3f} ms")
+    console.print(
+        f"input: {prof.cuts[0].codecs['u8'].payload_bytes} bytes as 8-bit pixels; "
+        f"total {sum(b.flops for b in prof.blocks) / 1e6:.2f} MFLOPs, {prof.total_ms():.3f} ms"
+    )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         prof.save(json_out)
@@ -130,13 +190,21 @@ def profile(
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option(help="a seeded 1,000-image subset of the test set")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="a seeded 1,000-image subset of the test set")
+    ] = False,
     link: Annotated[str, typer.Option(help="access link profile: 3g, lte or wifi")] = "lte",
     out: Annotated[Path | None, typer.Option(help="write table1.json/.md and plots here")] = None,
-    num_inputs: Annotated[int | None, typer.Option(help="override the number of test inputs")] = None,
-    constant: Annotated[bool, typer.Option("--constant", help="constant bandwidth instead of a trace")] = False,
+    num_inputs: Annotated[
+        int | None, typer.Option(help="override the number of test inputs")
+    ] = None,
+    constant: Annotated[
+        bool, typer.Option("--constant", help="constant bandwidth instead of a trace")
+    ] = False,
     trace_seed: Annotated[int, typer.Option(help="seed of the fluctuating bandwidth trace")] = 7,
-    device_factor: Annotated[float | None, typer.Option(help="device slow-down vs this CPU")] = None,
+    device_factor: Annotated[
+        float | None, typer.Option(help="device slow-down vs this CPU")
+    ] = None,
     data: DataOpt = None,
     cache: CacheOpt = None,
 ) -> None:
@@ -151,7 +219,9 @@ def demo(
     try:
         base = Table1Config()
         cfg = Table1Config(
-            link=link, fluctuating=not constant, trace_seed=trace_seed,
+            link=link,
+            fluctuating=not constant,
+            trace_seed=trace_seed,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             device_factor=device_factor if device_factor is not None else base.device_factor,
         )
@@ -163,7 +233,7 @@ def demo(
         local_prof = profile_model(local, cfg.local_model, repeats=50)
         test = load_split("test", data)
         with _progress() as progress:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def cb(paradigm: str, i: int, total: int) -> None:
                 if paradigm not in tasks:
@@ -176,7 +246,10 @@ def demo(
         raise _fail(exc) from exc
     from collabinfer.report.table1 import COLUMNS, fmt
 
-    table = Table(*(h for _, h, _ in COLUMNS), title=f"Table 1, measured ({cfg.num_inputs} inputs, link {link})")
+    table = Table(
+        *(h for _, h, _ in COLUMNS),
+        title=f"Table 1, measured ({cfg.num_inputs} inputs, link {link})",
+    )
     for row in result.rows:
         d = dataclasses.asdict(row)
         table.add_row(*(fmt(k, d[k]) for k, _, _ in COLUMNS))
@@ -194,7 +267,9 @@ def demo(
 
 
 @app.command("report")
-def report_cmd(out: Annotated[Path, typer.Argument(help="a folder written by `demo --out`")]) -> None:
+def report_cmd(
+    out: Annotated[Path, typer.Argument(help="a folder written by `demo --out`")],
+) -> None:
     """Re-render table1.md and plots from result files (no model is run)."""
     from collabinfer.report.table1 import render_table1
 

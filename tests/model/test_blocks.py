@@ -73,7 +73,7 @@ def test_from_sequential_keeps_names() -> None:
 def test_constructor_rejects_bad_blocks() -> None:
     with pytest.raises(ModelError, match="at least one"):
         BlockNet([])
-    with pytest.raises(ModelError, match="not an nn.Module"):
+    with pytest.raises(ModelError, match=r"not an nn\.Module"):
         BlockNet([("a", 3)])  # type: ignore[list-item]
     with pytest.raises(ModelError, match="duplicate"):
         BlockNet([("a", nn.ReLU()), ("a", nn.ReLU())])
@@ -85,6 +85,9 @@ def test_unknown_model_lists_known_names() -> None:
 
 
 def test_reference_models_have_the_promised_sizes() -> None:
-    params = {n: sum(p.numel() for p in create_model(n).parameters()) for n in ("fmnist-resnet", "fmnist-small")}
+    params = {
+        n: sum(p.numel() for p in create_model(n).parameters())
+        for n in ("fmnist-resnet", "fmnist-small")
+    }
     assert 150_000 <= params["fmnist-resnet"] <= 200_000
     assert 10_000 <= params["fmnist-small"] <= 60_000

@@ -36,9 +36,15 @@ def test_planner_matches_brute_force(seed: int, m: int, objective: str) -> None:
     tiers, links = _tiers(m, rng), _links(m, rng)
     min_dev = rng.choice([0, 0, 1])
     power = PowerModel(rng.uniform(0.5, 2), rng.uniform(0.5, 3), rng.uniform(0.05, 0.5))
-    dp = Planner(profile, tiers, objective=objective, power=power, min_device_blocks=min_dev).plan(links)
-    bf = exhaustive_plan(profile, tiers, links, objective=objective, power=power, min_device_blocks=min_dev)
-    assert dp.predicted.objective(objective) == pytest.approx(bf.predicted.objective(objective), rel=1e-9)
+    dp = Planner(profile, tiers, objective=objective, power=power, min_device_blocks=min_dev).plan(
+        links
+    )
+    bf = exhaustive_plan(
+        profile, tiers, links, objective=objective, power=power, min_device_blocks=min_dev
+    )
+    assert dp.predicted.objective(objective) == pytest.approx(
+        bf.predicted.objective(objective), rel=1e-9
+    )
     # the plan the DP reports is consistent with the reference cost function
     again = evaluate_plan(profile, tiers, links, dp.boundaries, dp.codecs, power)
     assert again.objective(objective) == pytest.approx(dp.predicted.objective(objective), rel=1e-9)
@@ -91,4 +97,10 @@ def test_errors_are_clear() -> None:
     with pytest.raises(ConfigError, match="not in the profile"):
         Planner(profile, [TierSpec("a")], codecs=["zstd"])
     with pytest.raises(PlanError):
-        evaluate_plan(profile, [TierSpec("a"), TierSpec("b")], [LinkProfile("l", 1.0, 1.0)], (0, 2, 1), (None, None))
+        evaluate_plan(
+            profile,
+            [TierSpec("a"), TierSpec("b")],
+            [LinkProfile("l", 1.0, 1.0)],
+            (0, 2, 1),
+            (None, None),
+        )

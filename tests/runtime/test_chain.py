@@ -48,8 +48,7 @@ def test_every_two_tier_split_is_bit_exact_in_fp32(net, prof) -> None:
     n = net.num_blocks
     tiers = TIERS3[:2]
     for k in range(n + 1):
-        codec = "fp32" if k > 0 else "fp32"
-        plan = _plan(prof, tiers, (0, k, n), (codec if k < n else None, None))
+        plan = _plan(prof, tiers, (0, k, n), ("fp32" if k < n else None, None))
         chain = Chain(net, tiers, [MockLink(latency_s=0.01)], StaticPolicy(plan))
         res = chain.run(x)
         assert torch.equal(res.output, ref), f"cut {k}"
@@ -85,7 +84,7 @@ def test_trace_adds_up(net, prof) -> None:
     sent = st.trace.bytes_sent(0)
     assert sent == link.calls[0][0]
     assert sent > 784  # payload plus header
-    transfer = [s for s in st.trace.steps if s.kind is StepKind.TRANSFER][0]
+    transfer = next(s for s in st.trace.steps if s.kind is StepKind.TRANSFER)
     assert transfer.ms == pytest.approx((0.005 + 1e-6 * sent) * 1e3)
     assert res.latency_ms == pytest.approx(sum(s.ms for s in st.trace.steps))
     # compute is measured wall time times the tier's factor

@@ -65,8 +65,7 @@ def test_estimate_substitutes_only_bandwidth_and_rtt() -> None:
     est.observe_rtt(0.03)
     got = est.estimate()
     assert (got.bandwidth_mbps, got.rtt_ms) == (est.bandwidth_mbps, est.rtt_ms)
-    assert got == dataclasses.replace(initial, bandwidth_mbps=got.bandwidth_mbps,
-                                      rtt_ms=got.rtt_ms)
+    assert got == dataclasses.replace(initial, bandwidth_mbps=got.bandwidth_mbps, rtt_ms=got.rtt_ms)
     assert got.bandwidth_mbps < initial.bandwidth_mbps
 
 

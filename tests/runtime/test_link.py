@@ -6,7 +6,9 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from collabinfer.errors import ConfigError
@@ -29,24 +31,29 @@ STEP = BandwidthTrace((0.0, 1.0, 3.0), (8.0, 2.0, 4.0), period_s=4.0)  # 16 Mbit
 
 def naive_transfer(trace: BandwidthTrace, nbits: float, start: float) -> float:
     """Walk segment by segment: slow but obviously right."""
-    t, left = start, nbits
+    k = math.floor(start / trace.period_s)
+    r = start - k * trace.period_s
+    i = max(j for j, s in enumerate(trace.times_s) if s <= r)
+    ends = (*trace.times_s[1:], trace.period_s)
+    left = nbits
     while True:
-        k = math.floor(t / trace.period_s)
-        r = t - k * trace.period_s
-        i = max(j for j, s in enumerate(trace.times_s) if s <= r)
-        end = trace.times_s[i + 1] if i + 1 < len(trace.times_s) else trace.period_s
         bps = trace.mbps[i] * 1e6
-        if left <= bps * (end - r):
-            return t + left / bps - start
-        left -= bps * (end - r)
-        t = k * trace.period_s + end
+        if left <= bps * (ends[i] - r):
+            return k * trace.period_s + r + left / bps - start
+        left -= bps * (ends[i] - r)
+        i += 1
+        if i == len(trace.times_s):
+            i, k = 0, k + 1
+        r = trace.times_s[i]
 
 
 # ---- profiles ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "mbps", "rtt"), [("3g", 1.1, 120), ("lte", 5.85, 50),
-                                                   ("wifi", 18.88, 10), ("wan", 100, 40)])
+@pytest.mark.parametrize(
+    ("name", "mbps", "rtt"),
+    [("3g", 1.1, 120), ("lte", 5.85, 50), ("wifi", 18.88, 10), ("wan", 100, 40)],
+)
 def test_profile_values_and_assumption_notes(name: str, mbps: float, rtt: float) -> None:
     p = get_profile(name)
     assert (p.name, p.bandwidth_mbps, p.rtt_ms) == (name, mbps, rtt)
@@ -55,19 +62,35 @@ def test_profile_values_and_assumption_notes(name: str, mbps: float, rtt: float)
         assert "Neurosurgeon" in p.note and "2017" in p.note
 
 
+def test_profiles_registry() -> None:
+    assert set(PROFILES) == {"3g", "lte", "wifi", "wan"}
+    assert all(get_profile(k) is p and p.name == k for k, p in PROFILES.items())
+
+
 def test_unknown_profile_lists_known_names() -> None:
-    with pytest.raises(ConfigError, match="3g.*lte.*wan.*wifi"):
+    with pytest.raises(ConfigError, match=r"3g, lte, wan, wifi"):
         get_profile("5g")
 
 
-@pytest.mark.parametrize("bad", [{"bandwidth_mbps": 0.0}, {"bandwidth_mbps": math.inf},
-                                 {"rtt_ms": -1.0}, {"jitter_ms": -0.1}, {"loss": 1.0},
-                                 {"loss": -0.1}, {"loss": math.nan}, {"mtu_bytes": 40},
-                                 {"mtu_bytes": 1500.0}, {"name": ""}])
-def test_profile_rejects_bad_values(bad: dict[str, object]) -> None:
-    kwargs: dict[str, object] = {"name": "x", "bandwidth_mbps": 1.0, "rtt_ms": 10.0} | bad
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bandwidth_mbps": 0.0},
+        {"bandwidth_mbps": math.inf},
+        {"rtt_ms": -1.0},
+        {"jitter_ms": -0.1},
+        {"loss": 1.0},
+        {"loss": -0.1},
+        {"loss": math.nan},
+        {"mtu_bytes": 40},
+        {"mtu_bytes": 1500.0},
+        {"name": ""},
+    ],
+)
+def test_profile_rejects_bad_values(bad: dict[str, Any]) -> None:
+    kwargs: dict[str, Any] = {"name": "x", "bandwidth_mbps": 1.0, "rtt_ms": 10.0} | bad
     with pytest.raises(ConfigError):
-        LinkProfile(**kwargs)  # type: ignore[arg-type]
+        LinkProfile(**kwargs)
 
 
 def test_packet_model() -> None:
@@ -80,7 +103,8 @@ def test_packet_model() -> None:
 
 
 def test_trace_at_and_cycles() -> None:
-    assert [STEP.at(t) for t in (0.0, 0.99, 1.0, 3.5, 4.0, 5.5, 403.2)] == [8, 8, 2, 4, 8, 2, 2]
+    times = (0.0, 0.99, 1.0, 3.5, 4.0, 5.5, 401.2, 403.2)
+    assert [STEP.at(t) for t in times] == [8, 8, 2, 4, 8, 2, 2, 4]
     assert STEP.mean_mbps() == pytest.approx(4.0)
     with pytest.raises(ConfigError):
         STEP.at(-1.0)
@@ -114,18 +138,28 @@ def test_transfer_spanning_many_segments_is_fast() -> None:
     assert time.perf_counter() - t0 < 2.0  # O(n) per call would take minutes
 
 
-@pytest.mark.parametrize("args", [((), (), 1.0), ((0.0, 1.0), (1.0,), 2.0),
-                                  ((0.5,), (1.0,), 2.0), ((0.0, 1.0, 1.0), (1, 1, 1), 2.0),
-                                  ((0.0,), (0.0,), 1.0), ((0.0, 1.0), (1.0, 2.0), 1.0)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ((), (), 1.0),
+        ((0.0, 1.0), (1.0,), 2.0),
+        ((0.5,), (1.0,), 2.0),
+        ((0.0, 1.0, 1.0), (1, 1, 1), 2.0),
+        ((0.0,), (0.0,), 1.0),
+        ((0.0, 1.0), (1.0, 2.0), 1.0),
+    ],
+)
 def test_trace_rejects_bad_values(args: tuple[tuple[float, ...], tuple[float, ...], float]) -> None:
     with pytest.raises(ConfigError):
         BandwidthTrace(*args)
 
 
-@pytest.mark.parametrize(("mean", "duration", "step"), [(5.85, 100.0, 0.5), (1.1, 10.3, 0.4),
-                                                        (100.0, 0.2, 0.5)])
-def test_synthetic_trace_mean_is_exact_and_positive(mean: float, duration: float,
-                                                    step: float) -> None:
+@pytest.mark.parametrize(
+    ("mean", "duration", "step"), [(5.85, 100.0, 0.5), (1.1, 10.3, 0.4), (100.0, 0.2, 0.5)]
+)
+def test_synthetic_trace_mean_is_exact_and_positive(
+    mean: float, duration: float, step: float
+) -> None:
     trace = synthetic_trace(mean, duration, seed=3, step_s=step)
     assert trace.mean_mbps() == pytest.approx(mean, rel=1e-12)
     assert trace.period_s == duration and min(trace.mbps) > 0
@@ -148,12 +182,21 @@ def test_synthetic_trace_volatility_and_dips() -> None:
     assert min(dipped.mbps) == pytest.approx(max(dipped.mbps) * 0.1)
 
 
-@pytest.mark.parametrize("bad", [{"mean_mbps": 0.0}, {"duration_s": -1.0}, {"step_s": 0.0},
-                                 {"dip_prob": 1.5}, {"dip_factor": 0.0}, {"volatility": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mean_mbps": 0.0},
+        {"duration_s": -1.0},
+        {"step_s": 0.0},
+        {"dip_prob": 1.5},
+        {"dip_factor": 0.0},
+        {"volatility": -1},
+    ],
+)
 def test_synthetic_trace_rejects_bad_values(bad: dict[str, float]) -> None:
-    kwargs = {"mean_mbps": 5.0, "duration_s": 10.0, "seed": 0} | bad
+    kwargs: dict[str, Any] = {"mean_mbps": 5.0, "duration_s": 10.0, "seed": 0} | bad
     with pytest.raises(ConfigError):
-        synthetic_trace(**kwargs)  # type: ignore[arg-type]
+        synthetic_trace(**kwargs)
 
 
 def test_csv_round_trip_is_exact(tmp_path: Path) -> None:
@@ -167,15 +210,18 @@ def test_csv_without_end_row_assumes_uniform_sampling(tmp_path: Path) -> None:
     assert BandwidthTrace.from_csv(tmp_path / "m.csv") == BandwidthTrace((0, 2, 4), (5, 3, 1), 6.0)
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    ("time,bw\n0,5\n", 1),
-    ("time_s,mbps\n0,5\n1,abc\n", 3),
-    ("time_s,mbps\n0,5\n1,-2\n", 3),
-    ("time_s,mbps\n0,5\n2,1\n1,1\n", 4),
-    ("time_s,mbps\n0,5,7\n", 2),
-    ("time_s,mbps\n1,5\n", 2),
-    ("time_s,mbps\n0,5\n3,\n4,1\n", 4),
-])
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("time,bw\n0,5\n", 1),
+        ("time_s,mbps\n0,5\n1,abc\n", 3),
+        ("time_s,mbps\n0,5\n1,-2\n", 3),
+        ("time_s,mbps\n0,5\n2,1\n1,1\n", 4),
+        ("time_s,mbps\n0,5,7\n", 2),
+        ("time_s,mbps\n1,5\n", 2),
+        ("time_s,mbps\n0,5\n3,\n4,1\n", 4),
+    ],
+)
 def test_malformed_csv_names_the_line(tmp_path: Path, text: str, line: int) -> None:
     (tmp_path / "bad.csv").write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -203,7 +249,8 @@ def test_traced_link_integrates_the_trace() -> None:
     link = SimulatedLink(LinkProfile("x", 1.0, rtt_ms=20.0, mtu_bytes=10_040), trace=STEP)
     # 1_250_000 payload bytes = 125 packets -> 1_255_000 wire bytes = 10.04 Mbit
     assert link.transfer(1_250_000, 0.5) == pytest.approx(
-        STEP.transfer_seconds(10.04e6, 0.5) + 0.010)
+        STEP.transfer_seconds(10.04e6, 0.5) + 0.010
+    )
     assert link.bandwidth_at(1.5) == 2.0 and SimulatedLink(get_profile("3g")).bandwidth_at(9) == 1.1
 
 
@@ -258,6 +305,8 @@ def test_link_contract(make: Callable[[], Link]) -> None:
     for nbytes, start in [(0, 0.0), (10, 1.0), (50_000, 2.5), (2_000_000, 30.0)]:
         d = link.transfer(nbytes, start)
         assert math.isfinite(d) and d >= 0
-    for nbytes, start in [(-1, 0.0), (10, -1.0), (10, math.nan)]:
+    assert link.transfer(np.int64(1000), 0.0) >= 0  # type: ignore[arg-type]  # numpy sizes ok
+    bad: list[tuple[Any, float]] = [(-1, 0.0), (1.5, 0.0), (True, 0.0), (10, -1.0), (10, math.nan)]
+    for nbytes, start in bad:
         with pytest.raises(ConfigError):
             link.transfer(nbytes, start)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from collabinfer.errors import ConfigError, LinkError
@@ -37,6 +39,6 @@ def test_fails_on_chosen_calls_and_still_records_them() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"seconds_per_byte": -1.0}, {"latency_s": float("inf")}])
-def test_rejects_bad_parameters(kwargs: dict[str, float]) -> None:
+def test_rejects_bad_parameters(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         MockLink(**kwargs)

@@ -34,8 +34,16 @@ from collabinfer.errors import ConfigError, DataError
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -108,7 +116,7 @@ def _download(folder: Path) -> None:
             continue
         url = f"{MIRROR}{stem}.gz"
         try:
-            with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 (fixed https/http mirror)
+            with urllib.request.urlopen(url, timeout=30) as resp:
                 blob = resp.read()
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise DataError(f"download of {url} failed ({exc}). {HOW_TO_GET}") from exc
@@ -171,7 +179,9 @@ def _load_pair(folder: Path, which: str) -> tuple[np.ndarray, np.ndarray]:
     return _CACHE[key]
 
 
-def split_indices(n_train: int = 60000, val_size: int = VAL_SIZE, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    n_train: int = 60000, val_size: int = VAL_SIZE, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """The fixed (train, val) index split of the 60k training images."""
     perm = np.random.default_rng(seed).permutation(n_train)
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
@@ -191,8 +201,8 @@ def load_split(split: str, root: str | Path | None = None, download: bool = Fals
         idx = train_idx if split == "train" else val_idx
     x = torch.from_numpy(images[idx].astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels[idx].astype(np.int64))
+    source_sha = SHA256[FILES[("test" if split == "test" else "train") + "_images"]]
     digest = hashlib.sha256(
-        f"fashion-mnist:{split}:{SHA256[FILES[('test' if split == 'test' else 'train') + '_images']]}"
-        f":{VAL_SIZE}:{SPLIT_SEED}".encode()
+        f"fashion-mnist:{split}:{source_sha}:{VAL_SIZE}:{SPLIT_SEED}".encode()
     ).hexdigest()
     return Dataset(x, y, split, str(folder), digest)

@@ -15,7 +15,11 @@ from collabinfer.data.fashion_mnist import Dataset
 
 
 def synthetic_dataset(
-    n: int = 256, num_classes: int = 10, seed: int = 0, noise: float = 0.15, split: str = "synthetic"
+    n: int = 256,
+    num_classes: int = 10,
+    seed: int = 0,
+    noise: float = 0.15,
+    split: str = "synthetic",
 ) -> Dataset:
     g = torch.Generator().manual_seed(1234)  # templates are the same for every split
     templates = torch.rand(num_classes, 1, 28, 28, generator=g)

@@ -43,7 +43,13 @@ from collabinfer.plan.policy import AdaptivePolicy, Policy, StaticPolicy
 from collabinfer.plan.profile import Profile
 from collabinfer.runtime.chain import Chain
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import BandwidthTrace, LinkProfile, SimulatedLink, get_profile, synthetic_trace
+from collabinfer.runtime.link import (
+    BandwidthTrace,
+    LinkProfile,
+    SimulatedLink,
+    get_profile,
+    synthetic_trace,
+)
 from collabinfer.runtime.tier import TierSpec, describe_tiers
 
 PARADIGMS = ("LC", "EC", "CC", "static-split", "collabinfer")
@@ -122,8 +128,13 @@ def build_trace(cfg: Table1Config, duration_s: float) -> BandwidthTrace | None:
     return synthetic_trace(mean, duration_s, cfg.trace_seed, volatility=cfg.volatility)
 
 
-def fixed_plan(profile: Profile, tiers: list[TierSpec], links: list[LinkProfile],
-               boundaries: tuple[int, ...], codecs: tuple[str | None, ...]) -> Plan:
+def fixed_plan(
+    profile: Profile,
+    tiers: list[TierSpec],
+    links: list[LinkProfile],
+    boundaries: tuple[int, ...],
+    codecs: tuple[str | None, ...],
+) -> Plan:
     cost = evaluate_plan(profile, tiers, links, boundaries, codecs)
     return Plan(boundaries, codecs, "latency", cost)
 
@@ -209,7 +220,10 @@ def run_table1(
     min_dev = 1 if cfg.private_splits else 0
 
     def links3() -> list[SimulatedLink]:
-        return [SimulatedLink(access, trace, seed=cfg.link_seed), SimulatedLink(wan, None, seed=cfg.link_seed + 1)]
+        return [
+            SimulatedLink(access, trace, seed=cfg.link_seed),
+            SimulatedLink(wan, None, seed=cfg.link_seed + 1),
+        ]
 
     rows: list[Row] = []
     samples: dict[str, list[float]] = {}
@@ -217,21 +231,32 @@ def run_table1(
         if paradigm == "LC":
             lc_tiers = tiers3[:1]
             plan = fixed_plan(local_profile, lc_tiers, [], (0, local.num_blocks), (None,))
-            row, lat = _run_row(paradigm, local, lc_tiers, [], StaticPolicy(plan), data, cfg, progress)
+            row, lat = _run_row(
+                paradigm, local, lc_tiers, [], StaticPolicy(plan), data, cfg, progress
+            )
         elif paradigm == "EC":
             tiers = tiers3[:2]
             plan = fixed_plan(full_profile, tiers, [access], (0, 0, n), ("u8", None))
-            row, lat = _run_row(paradigm, full, tiers, links3()[:1], StaticPolicy(plan), data, cfg, progress)
+            row, lat = _run_row(
+                paradigm, full, tiers, links3()[:1], StaticPolicy(plan), data, cfg, progress
+            )
         elif paradigm == "CC":
             plan = fixed_plan(full_profile, tiers3, nominal, (0, 0, 0, n), ("u8", None, None))
-            row, lat = _run_row(paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress)
+            row, lat = _run_row(
+                paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress
+            )
         elif paradigm == "static-split":
             planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
             plan = planner.plan([mean_access, wan])
-            row, lat = _run_row(paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress)
+            row, lat = _run_row(
+                paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress
+            )
         else:
             planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
-            estimators = [LinkEstimator(access, alpha=cfg.ewma_alpha), LinkEstimator(wan, alpha=cfg.ewma_alpha)]
+            estimators = [
+                LinkEstimator(access, alpha=cfg.ewma_alpha),
+                LinkEstimator(wan, alpha=cfg.ewma_alpha),
+            ]
             policy = AdaptivePolicy(planner, estimators)
             row, lat = _run_row(paradigm, full, tiers3, links3(), policy, data, cfg, progress)
         rows.append(row)

@@ -162,10 +162,20 @@ def create_model(name: str) -> BlockNet:
 
 
 for _spec in (
-    ModelSpec("fmnist-resnet", fmnist_resnet, (1, 28, 28), 10,
-              "ResNet 16/32/64, 9 blocks, ~175k params: the full model"),
-    ModelSpec("fmnist-small", fmnist_small, (1, 28, 28), 10,
-              "plain CNN, 5 blocks, ~24k params: the local (compressed) model"),
+    ModelSpec(
+        "fmnist-resnet",
+        fmnist_resnet,
+        (1, 28, 28),
+        10,
+        "ResNet 16/32/64, 9 blocks, ~175k params: the full model",
+    ),
+    ModelSpec(
+        "fmnist-small",
+        fmnist_small,
+        (1, 28, 28),
+        10,
+        "plain CNN, 5 blocks, ~24k params: the local (compressed) model",
+    ),
     ModelSpec("tiny-cnn", tiny_cnn, (1, 28, 28), 10, "tiny CNN for tests"),
     ModelSpec("tiny-mlp", tiny_mlp, (1, 28, 28), 10, "tiny MLP for tests"),
 ):

@@ -20,6 +20,7 @@ rest of the request.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,7 +106,9 @@ class Plan:
         for t in range(self.num_tiers):
             a, b = self.boundaries[t], self.boundaries[t + 1]
             if a < b:
-                rng = f"{a}:{b}" if block_names is None else f"{block_names[a]}..{block_names[b - 1]}"
+                rng = (
+                    f"{a}:{b}" if block_names is None else f"{block_names[a]}..{block_names[b - 1]}"
+                )
                 parts.append(f"t{t}[{rng}]")
             if self.codecs[t]:
                 parts.append(f"-{self.codecs[t]}->")
@@ -115,10 +118,8 @@ class Plan:
 def check_boundaries(boundaries: Sequence[int], num_blocks: int, num_tiers: int) -> None:
     b = list(boundaries)
     if len(b) != num_tiers + 1 or b[0] != 0 or b[-1] != num_blocks:
-        raise PlanError(
-            f"boundaries {b} must have {num_tiers + 1} entries from 0 to {num_blocks}"
-        )
-    if any(x > y for x, y in zip(b, b[1:], strict=False)):
+        raise PlanError(f"boundaries {b} must have {num_tiers + 1} entries from 0 to {num_blocks}")
+    if any(x > y for x, y in itertools.pairwise(b)):
         raise PlanError(f"boundaries {b} must be non-decreasing")
 
 
@@ -179,4 +180,6 @@ def evaluate_plan(
         + power.tx_w * device_tx
         + power.idle_w * max(0.0, latency - device_busy - device_tx)
     )
-    return PlanCost(latency, energy, tuple(compute), codec_ms, tuple(link_ms), tuple(wire), device_tx)
+    return PlanCost(
+        latency, energy, tuple(compute), codec_ms, tuple(link_ms), tuple(wire), device_tx
+    )

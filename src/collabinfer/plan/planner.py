@@ -127,9 +127,13 @@ class Planner:
             for a in range(r):
                 # cost of transferring cut k with codec c from a to r, shape (n+1, C);
                 # reply serialisation is charged at the RTT's (idle) weight
-                fixed = sum(
-                    links[h].rtt_ms + serialisation_ms(links[h], REPLY_BYTES) for h in range(a, r)
-                ) * self.beta_rtt
+                fixed = (
+                    sum(
+                        links[h].rtt_ms + serialisation_ms(links[h], REPLY_BYTES)
+                        for h in range(a, r)
+                    )
+                    * self.beta_rtt
+                )
                 ser = sum(self.beta_ser[h] * self._ser_ms(links[h]) for h in range(a, r))
                 t_cost = w[a] * self.enc + fixed + ser + w[r] * self.dec
                 best_c = np.argmin(t_cost, axis=1)
@@ -190,7 +194,10 @@ def exhaustive_plan(
             for sender, c in combo:
                 chosen[sender] = c
             cost = evaluate_plan(profile, tiers, links, b, chosen, power)
-            if best is None or cost.objective(objective) < best.predicted.objective(objective) - 1e-12:
+            if (
+                best is None
+                or cost.objective(objective) < best.predicted.objective(objective) - 1e-12
+            ):
                 best = Plan(b, tuple(chosen), objective, cost)
     if best is None:
         raise PlanError("no feasible plan")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from collabinfer.errors import ConfigError
@@ -25,7 +25,7 @@ from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.state import State
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     CONTINUE = "continue"
     OFFLOAD = "offload"
     EXIT = "exit"
@@ -72,7 +72,14 @@ class StaticPolicy:
         state.plan = self.plan
 
     def decide(self, state: State, num_blocks: int) -> Decision:
-        return follow_plan(state.plan or self.plan, state, num_blocks)
+        # follow_plan, inlined: this runs after every block and is the chain's hot path
+        k = state.next_block
+        if k >= num_blocks:
+            return EXIT
+        plan = state.plan or self.plan
+        if k < plan.boundaries[state.tier + 1]:
+            return CONTINUE
+        return Decision(Action.OFFLOAD, plan.codecs[state.tier])
 
     def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
         return None

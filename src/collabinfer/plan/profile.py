@@ -85,7 +85,9 @@ class Profile:
             )
             cuts = tuple(
                 CutProfile(
-                    c["index"], c["name"], tuple(c["shape"]),
+                    c["index"],
+                    c["name"],
+                    tuple(c["shape"]),
                     {k: CodecCost(**v) for k, v in c["codecs"].items()},
                 )
                 for c in d["cuts"]
@@ -106,7 +108,8 @@ class Profile:
 
 
 def machine_label() -> str:
-    return f"{platform.machine()} {platform.processor() or ''} torch-threads={torch.get_num_threads()}".strip()
+    cpu = f"{platform.machine()} {platform.processor() or ''}".strip()
+    return f"{cpu}, torch threads={torch.get_num_threads()}"
 
 
 def _median_ms(fn: object, repeats: int) -> float:
@@ -167,7 +170,11 @@ def profile_model(
         )
     cuts = []
     for k, z in enumerate(acts):
-        name = "input" if k == 0 else ("output" if k == net.num_blocks else f"after_{net.block_names[k - 1]}")
+        name = (
+            "input"
+            if k == 0
+            else ("output" if k == net.num_blocks else f"after_{net.block_names[k - 1]}")
+        )
         names = input_codecs if k == 0 else feature_codecs
         costs: dict[str, CodecCost] = {}
         for cname in names:
@@ -176,7 +183,7 @@ def profile_model(
             costs[cname] = CodecCost(
                 payload_bytes=enc.payload_bytes,
                 header_bytes=enc.header_bytes,
-                encode_ms=_median_ms(lambda c=codec: c.encode(z), max(3, repeats // 3)),
+                encode_ms=_median_ms(lambda c=codec, z=z: c.encode(z), max(3, repeats // 3)),
                 decode_ms=_median_ms(lambda c=codec, e=enc: c.decode(e), max(3, repeats // 3)),
             )
         cuts.append(CutProfile(k, name, tuple(z.shape[1:]), costs))

@@ -37,7 +37,7 @@ def fmt(col: str, value: Any) -> str:
 
 def markdown(data: dict[str, Any]) -> str:
     cond = data["conditions"]
-    link = cond["link_profile"]
+    link, wan = cond["link_profile"], cond["wan_profile"]
     lines = [
         "# Table 1, measured",
         "",
@@ -50,20 +50,22 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "## Conditions",
         "",
-        f"- Inputs: {cond['num_inputs']} Fashion-MNIST test images (subset seed {cond['subset_seed']}), "
-        f"batch 1, one every {cond['arrival_interval_s'] * 1e3:.0f} ms.",
+        f"- Inputs: {cond['num_inputs']} Fashion-MNIST test images "
+        f"(subset seed {cond['subset_seed']}), batch 1, "
+        f"one every {cond['arrival_interval_s'] * 1e3:.0f} ms.",
         f"- Models: full `{cond['full_model']}`, local `{cond['local_model']}`.",
         f"- Tiers: {cond['tier_labels']}. Compute: {cond['compute']}. "
         f"The full model would take {cond['full_model_device_ms']:.0f} ms on the device.",
-        f"- Access link `{link['name']}`: {link['bandwidth_mbps']} Mbit/s nominal, RTT {link['rtt_ms']} ms "
-        f"({link['note']}); "
+        f"- Access link `{link['name']}`: {link['bandwidth_mbps']} Mbit/s nominal, "
+        f"RTT {link['rtt_ms']} ms ({link['note']}); "
         + (
             f"fluctuating trace (seed {cond['trace_seed']}, volatility {cond['trace_volatility']}, "
             f"mean {cond['trace_mean_mbps']:.2f} Mbit/s)."
-            if cond["fluctuating_trace"] else "constant bandwidth."
+            if cond["fluctuating_trace"]
+            else "constant bandwidth."
         ),
-        f"- WAN (edge to cloud) `{cond['wan_profile']['name']}`: {cond['wan_profile']['bandwidth_mbps']} Mbit/s, "
-        f"RTT {cond['wan_profile']['rtt_ms']} ms ({cond['wan_profile']['note']}).",
+        f"- WAN (edge to cloud) `{wan['name']}`: {wan['bandwidth_mbps']} Mbit/s, "
+        f"RTT {wan['rtt_ms']} ms ({wan['note']}).",
         f"- Links: {cond['links']}.",
         "- Split rows keep the raw input on the device: "
         + ("yes (privacy constraint)." if cond["private_splits"] else "no."),
@@ -72,8 +74,10 @@ def markdown(data: dict[str, Any]) -> str:
         "",
     ]
     for row in data["rows"]:
-        lines.append(f"- **{row['paradigm']}**: {row.get('plan', '')}"
-                     + (f"; {row['fallbacks']} inputs finished locally" if row.get("fallbacks") else ""))
+        lines.append(
+            f"- **{row['paradigm']}**: {row.get('plan', '')}"
+            + (f"; {row['fallbacks']} inputs finished locally" if row.get("fallbacks") else "")
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -110,8 +114,13 @@ def plot(data: dict[str, Any], latencies: dict[str, list[float]], out: Path) -> 
     for row in data["rows"]:
         b = max(row["bytes_per_input"], 1.0)
         ax.scatter(b, row["latency_p95_ms"], s=60)
-        ax.annotate(f"{row['paradigm']} ({row['accuracy']:.1%})", (b, row["latency_p95_ms"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            f"{row['paradigm']} ({row['accuracy']:.1%})",
+            (b, row["latency_p95_ms"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("bytes sent by the device per input (log; 1 = nothing)")
     ax.set_ylabel("p95 latency (ms)")

@@ -19,7 +19,7 @@ import dataclasses
 import math
 
 from collabinfer.errors import ConfigError
-from collabinfer.runtime.link import LinkProfile, packet_count, wire_bytes
+from collabinfer.runtime.link import LinkProfile, check_nbytes, packet_count, wire_bytes
 
 __all__ = ["LinkEstimator"]
 
@@ -76,8 +76,7 @@ class LinkEstimator:
         the estimated one-way delay, that delay estimate is what is wrong, so it
         too is used as an RTT sample rather than dividing by ~0.
         """
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-            raise ConfigError(f"nbytes must be a non-negative int, got {nbytes!r}")
+        nbytes = check_nbytes(nbytes)
         if not (math.isfinite(seconds) and seconds > 0):
             raise ConfigError(f"seconds must be finite and > 0, got {seconds!r}")
         mtu = self._initial.mtu_bytes

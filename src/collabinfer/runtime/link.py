@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import math
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +48,10 @@ HEADER_BYTES = 40  # IPv4 (20) + TCP (20) headers per packet, no options
 
 
 def _finite(value: float, name: str, *, low: float, strict: bool) -> float:
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
     if not math.isfinite(v) or v < low or (strict and v == low):
         op = ">" if strict else ">="
         raise ConfigError(f"{name} must be a finite number {op} {low}, got {value!r}")
@@ -95,7 +100,9 @@ PROFILES: dict[str, LinkProfile] = {
     "lte": _neurosurgeon("lte", 5.85, 50.0),
     "wifi": _neurosurgeon("wifi", 18.88, 10.0),
     "wan": LinkProfile(
-        "wan", 100.0, 40.0,
+        "wan",
+        100.0,
+        40.0,
         note="edge->cloud backbone; 100 Mbit/s and RTT 40 ms are both OUR ASSUMPTION",
     ),
 }
@@ -108,6 +115,13 @@ def get_profile(name: str) -> LinkProfile:
     except KeyError:
         known = ", ".join(sorted(PROFILES))
         raise ConfigError(f"unknown link profile {name!r}; known: {known}") from None
+
+
+def check_nbytes(nbytes: int) -> int:
+    """Validate a message size the same way for every Link (numpy ints allowed)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
+        raise ConfigError(f"nbytes must be a non-negative int, got {nbytes!r}")
+    return int(nbytes)
 
 
 def packet_count(nbytes: int, mtu_bytes: int) -> int:
@@ -142,7 +156,7 @@ class BandwidthTrace:
             raise ConfigError(f"trace needs equal, non-zero lengths: {len(times)} vs {len(rates)}")
         if times[0] != 0.0:
             raise ConfigError(f"trace must start at time 0.0, got {times[0]}")
-        for i, (a, b) in enumerate(zip(times, times[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(times)):
             if not b > a or not math.isfinite(b):
                 raise ConfigError(f"trace times must strictly increase: {a} then {b}", index=i + 1)
         for i, r in enumerate(rates):
@@ -160,9 +174,6 @@ class BandwidthTrace:
             cum.append(cum[-1] + rate * 1e6 * (end - start))
         return cum
 
-    def _check_time(self, t_s: float) -> float:
-        return _finite(t_s, "time", low=0.0, strict=False)
-
     def _segment(self, t_s: float) -> tuple[int, float, float]:
         """(segment index, offset into period, whole periods before t)."""
         q = math.floor(t_s / self.period_s)
@@ -173,7 +184,7 @@ class BandwidthTrace:
 
     def at(self, t_s: float) -> float:
         """Bandwidth (Mbit/s) in force at time ``t_s``."""
-        i, _, _ = self._segment(self._check_time(t_s))
+        i, _, _ = self._segment(_finite(t_s, "time", low=0.0, strict=False))
         return self.mbps[i]
 
     def mean_mbps(self) -> float:
@@ -182,7 +193,8 @@ class BandwidthTrace:
 
     def _bits_until(self, t_s: float) -> float:
         i, r, q = self._segment(t_s)
-        return q * self._cum_bits[-1] + self._cum_bits[i] + self.mbps[i] * 1e6 * (r - self.times_s[i])
+        within = self.mbps[i] * 1e6 * (r - self.times_s[i])
+        return q * self._cum_bits[-1] + self._cum_bits[i] + within
 
     def transfer_seconds(self, nbits: float, start_s: float) -> float:
         """Exact time to deliver ``nbits`` starting at ``start_s``, in O(log n).
@@ -190,7 +202,7 @@ class BandwidthTrace:
         Inverts the cumulative-bits function instead of walking segments, so a
         transfer spanning thousands of segments (or periods) costs one bisect.
         """
-        start = self._check_time(start_s)
+        start = _finite(start_s, "start_s", low=0.0, strict=False)
         if _finite(nbits, "nbits", low=0.0, strict=False) == 0.0:
             return 0.0
         per_period = self._cum_bits[-1]
@@ -226,7 +238,7 @@ class BandwidthTrace:
         except OSError as e:
             raise ConfigError(f"cannot read trace: {e}", path=str(path)) from None
         if not rows or [c.strip() for c in rows[0]] != ["time_s", "mbps"]:
-            raise ConfigError("trace CSV must start with header 'time_s,mbps'", path=str(path), line=1)
+            raise ConfigError("trace CSV must start with 'time_s,mbps'", path=str(path), line=1)
         times: list[float] = []
         rates: list[float] = []
         period: float | None = None
@@ -299,8 +311,8 @@ def synthetic_trace(
     dipped = np.zeros(n, dtype=bool)
     starts = rng.random(n) < dip_prob
     lengths = rng.integers(2, 7, size=n)
-    for k in np.flatnonzero(starts):
-        dipped[k : k + lengths[k]] = True
+    for j in np.flatnonzero(starts):
+        dipped[j : j + lengths[j]] = True
     rate = np.exp(x) * np.where(dipped, dip_factor, 1.0)
     times = np.arange(n) * step
     durations = np.diff(np.append(times, duration))
@@ -325,7 +337,8 @@ class SimulatedLink:
 
     ``duration = max(0, rtt/2 + jitter) + serialisation + losses * rtt`` where
     serialisation integrates the trace (or the constant profile rate) over all
-    wire bits, the original ones first and then one packet per loss. Losses are
+    wire bits: the original ones first, then per loss one full packet (or the
+    whole message, if smaller). Losses are
     stop-and-wait: each lost packet stalls the sender one RTT and is resent until
     delivered, so ``losses ~ NegativeBinomial(packets, 1 - loss)`` with mean
     ``packets * loss / (1 - loss)``. That is pessimistic next to windowed TCP but
@@ -365,12 +378,12 @@ class SimulatedLink:
         return self._trace.transfer_seconds(nbits, t_s)
 
     def transfer(self, nbytes: int, start_s: float) -> float:
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int | np.integer) or nbytes < 0:
-            raise ConfigError(f"nbytes must be a non-negative int, got {nbytes!r}")
+        """One-way duration (s) of ``nbytes`` sent at ``start_s``; see the class doc."""
+        n = check_nbytes(nbytes)
         start = _finite(start_s, "start_s", low=0.0, strict=False)
         p = self._profile
-        packets = packet_count(int(nbytes), p.mtu_bytes)
-        bits = 8.0 * wire_bytes(int(nbytes), p.mtu_bytes)
+        packets = packet_count(n, p.mtu_bytes)
+        bits = 8.0 * wire_bytes(n, p.mtu_bytes)
         delay = max(0.0, (p.rtt_ms / 2 + p.jitter_ms * self._rng.standard_normal()) / 1e3)
         losses = int(self._rng.negative_binomial(packets, 1.0 - p.loss))
         t = start + self._serialise(bits, start)

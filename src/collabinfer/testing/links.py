@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable
 
 from collabinfer.errors import ConfigError, LinkError
-from collabinfer.runtime.link import LinkProfile
+from collabinfer.runtime.link import LinkProfile, check_nbytes
 
 __all__ = ["MockLink"]
 
@@ -59,8 +59,7 @@ class MockLink:
         return self._profile
 
     def transfer(self, nbytes: int, start_s: float) -> float:
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-            raise ConfigError(f"nbytes must be a non-negative int, got {nbytes!r}")
+        nbytes = check_nbytes(nbytes)
         if not (math.isfinite(start_s) and start_s >= 0):
             raise ConfigError(f"start_s must be finite and >= 0, got {start_s!r}")
         index = len(self.calls)

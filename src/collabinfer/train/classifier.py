@@ -107,8 +107,11 @@ def train_classifier(
         torch.set_num_threads(config.threads)
     model = create_model(config.model)
     opt = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay, nesterov=True,
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=True,
     )
     steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * config.epochs
@@ -139,20 +142,26 @@ def train_classifier(
                 progress("train", step, total, {"epoch": epoch + 1, "loss": running})
         stats[f"val_acc_epoch{epoch + 1}"] = evaluate(model, val)
         if progress is not None:
-            progress("epoch", epoch + 1, config.epochs, {"val_acc": stats[f"val_acc_epoch{epoch + 1}"]})
+            progress(
+                "epoch", epoch + 1, config.epochs, {"val_acc": stats[f"val_acc_epoch{epoch + 1}"]}
+            )
     stats["val_acc"] = stats[f"val_acc_epoch{config.epochs}"]
     stats["train_seconds"] = time.perf_counter() - t0
     model.eval()
     return model, stats
 
 
-def checkpoint_path(config: TrainConfig, data_digest: str, cache: Path | None = None) -> tuple[Path, str]:
+def checkpoint_path(
+    config: TrainConfig, data_digest: str, cache: Path | None = None
+) -> tuple[Path, str]:
     key = config_key(config.as_dict(), data_digest)
     root = cache or default_cache_dir()
     return root / "checkpoints" / f"{config.model}-{key}.pt", key
 
 
-def load_trained(config: TrainConfig, cache: Path | None = None, data_root: str | Path | None = None) -> tuple[BlockNet, Checkpoint]:
+def load_trained(
+    config: TrainConfig, cache: Path | None = None, data_root: str | Path | None = None
+) -> tuple[BlockNet, Checkpoint]:
     """The cached trained model for ``config``; :class:`CheckpointError` if absent or bad."""
     train = load_split("train", data_root)
     path, key = checkpoint_path(config, train.digest, cache)
