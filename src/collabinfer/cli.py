@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -205,6 +206,9 @@ def demo(
     device_factor: Annotated[
         float | None, typer.Option(help="device slow-down vs this CPU")
     ] = None,
+    private: Annotated[
+        bool, typer.Option(help="split rows keep the raw input on the device")
+    ] = True,
     data: DataOpt = None,
     cache: CacheOpt = None,
 ) -> None:
@@ -222,6 +226,7 @@ def demo(
             link=link,
             fluctuating=not constant,
             trace_seed=trace_seed,
+            private_splits=private,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             device_factor=device_factor if device_factor is not None else base.device_factor,
         )
@@ -256,7 +261,7 @@ def demo(
     console.print(table)
     console.print(f"[dim]{result.conditions['tier_labels']}[/dim]")
     for row in result.rows:
-        console.print(f"[dim]{row.paradigm}: {row.plan}[/dim]")
+        console.print(f"[dim]{row.paradigm}: {escape(row.plan)}[/dim]")
     if out is not None:
         from collabinfer.report.table1 import write_table1
 

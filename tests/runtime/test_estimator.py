@@ -90,3 +90,25 @@ def test_rejects_bad_observations(nbytes: int, seconds: float) -> None:
         est.observe(nbytes, seconds)
     with pytest.raises(ConfigError):
         est.observe_rtt(-1.0)
+
+
+def test_stale_estimate_relaxes_toward_nominal_and_fresh_samples_win() -> None:
+    nominal = LinkProfile("n", 10.0, 20.0)
+    est = LinkEstimator(nominal, alpha=1.0, recovery_s=2.0)
+    slow = SimulatedLink(LinkProfile("slow", 0.5, 20.0))
+    est.observe(50_000, slow.transfer(50_000, 0.0), at_s=0.0)
+    fresh = est.estimate(now_s=1.0).bandwidth_mbps
+    assert fresh == pytest.approx(0.5, rel=0.3)  # just measured: believed
+    later = est.estimate(now_s=30.0).bandwidth_mbps
+    assert later == pytest.approx(10.0, rel=0.01)  # 14 time constants: back to nominal
+    mid = est.estimate(now_s=3.0).bandwidth_mbps
+    assert fresh < mid < later
+    # without recovery_s the estimate never moves on its own
+    plain = LinkEstimator(nominal, alpha=1.0)
+    plain.observe(50_000, slow.transfer(50_000, 0.0), at_s=0.0)
+    assert plain.estimate(now_s=100.0).bandwidth_mbps == pytest.approx(0.5, rel=0.3)
+
+
+def test_recovery_s_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        LinkEstimator(LinkProfile("n", 10.0, 20.0), recovery_s=-1.0)

@@ -81,6 +81,7 @@ class Table1Config:
     subset_seed: int = 0
     private_splits: bool = True
     ewma_alpha: float = 0.3
+    recovery_s: float = 2.0
     link_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -254,8 +255,8 @@ def run_table1(
         else:
             planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
             estimators = [
-                LinkEstimator(access, alpha=cfg.ewma_alpha),
-                LinkEstimator(wan, alpha=cfg.ewma_alpha),
+                LinkEstimator(access, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
+                LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
             ]
             policy = AdaptivePolicy(planner, estimators)
             row, lat = _run_row(paradigm, full, tiers3, links3(), policy, data, cfg, progress)

@@ -48,8 +48,8 @@ class Policy(Protocol):
     def decide(self, state: State, num_blocks: int) -> Decision:
         """Called with ``state.next_block`` = the cut just reached."""
 
-    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
-        """Told about every transfer, so estimates can follow the link."""
+    def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
+        """Told about every transfer (started at virtual time ``at_s``)."""
 
 
 def follow_plan(plan: Plan, state: State, num_blocks: int) -> Decision:
@@ -81,7 +81,7 @@ class StaticPolicy:
             return CONTINUE
         return Decision(Action.OFFLOAD, plan.codecs[state.tier])
 
-    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
+    def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
         return None
 
 
@@ -102,11 +102,11 @@ class AdaptivePolicy:
         self.estimators = list(estimators)
         self.plans_made = 0
 
-    def current_plan(self) -> Plan:
-        return self.planner.plan([e.estimate() for e in self.estimators])
+    def current_plan(self, now_s: float | None = None) -> Plan:
+        return self.planner.plan([e.estimate(now_s) for e in self.estimators])
 
     def begin(self, state: State) -> None:
-        state.plan = self.current_plan()
+        state.plan = self.current_plan(state.start_s)
         self.plans_made += 1
 
     def decide(self, state: State, num_blocks: int) -> Decision:
@@ -114,5 +114,5 @@ class AdaptivePolicy:
             raise ConfigError("AdaptivePolicy.decide called before begin()")
         return follow_plan(state.plan, state, num_blocks)
 
-    def observe_transfer(self, link: int, nbytes: int, seconds: float) -> None:
-        self.estimators[link].observe(nbytes, seconds)
+    def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
+        self.estimators[link].observe(nbytes, seconds, at_s)

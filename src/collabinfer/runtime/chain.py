@@ -77,7 +77,9 @@ class Chain:
         self, x: torch.Tensor, start_s: float = 0.0, request_id: str | None = None
     ) -> ChainResult:
         """Run one input (or a batch moving as one) from virtual time ``start_s``."""
-        state = State(z=x) if request_id is None else State(z=x, request_id=request_id)
+        state = State(z=x, start_s=start_s)
+        if request_id is not None:
+            state.request_id = request_id
         with torch.inference_mode():
             self._run(state, start_s)
         return ChainResult(state.z, state)
@@ -142,7 +144,7 @@ class Chain:
                     if encoded_at == tier:  # we still hold the exact tensor: skip the codec
                         encoded = None
                     continue
-                self.policy.observe_transfer(tier, nbytes, seconds)
+                self.policy.observe_transfer(tier, nbytes, seconds, clock_ms / 1e3)
                 trace.add(Step(StepKind.TRANSFER, tier, seconds * 1e3, nbytes=nbytes))
                 clock_ms += seconds * 1e3
                 hops.append(tier)

@@ -36,9 +36,22 @@ class LinkEstimator:
     profile's MTU), so the estimate is a link rate in the same units as
     ``LinkProfile.bandwidth_mbps`` and :meth:`estimate` can be fed straight back
     into a :class:`~collabinfer.runtime.link.SimulatedLink` or a planner.
+
+    Staleness: a device that stopped offloading after a dip gets no new samples,
+    so a pessimistic estimate would keep it local forever. With ``recovery_s``
+    set and times passed to :meth:`observe` and :meth:`estimate`, an estimate
+    nobody refreshed relaxes (in log-bandwidth) toward the nominal profile with
+    that time constant, so the device tries the link again. The price is one
+    slow input per recovery while the link is still bad.
     """
 
-    def __init__(self, initial: LinkProfile, alpha: float = 0.3, min_packets: int = 2) -> None:
+    def __init__(
+        self,
+        initial: LinkProfile,
+        alpha: float = 0.3,
+        min_packets: int = 2,
+        recovery_s: float = 0.0,
+    ) -> None:
         if not (0.0 < alpha <= 1.0):
             raise ConfigError(f"alpha must be in (0, 1], got {alpha!r}")
         if isinstance(min_packets, bool) or not isinstance(min_packets, int) or min_packets < 1:
@@ -49,6 +62,10 @@ class LinkEstimator:
         self._bps = initial.bandwidth_mbps * 1e6
         self._rtt_s = initial.rtt_ms / 1e3
         self._samples = 0
+        if not (math.isfinite(recovery_s) and recovery_s >= 0):
+            raise ConfigError(f"recovery_s must be finite and >= 0, got {recovery_s!r}")
+        self._recovery_s = float(recovery_s)
+        self._last_sample_s: float | None = None
 
     @property
     def bandwidth_mbps(self) -> float:
@@ -66,7 +83,7 @@ class LinkEstimator:
     def _ewma(self, old: float, sample: float) -> float:
         return (1.0 - self._alpha) * old + self._alpha * sample
 
-    def observe(self, nbytes: int, seconds: float) -> None:
+    def observe(self, nbytes: int, seconds: float, at_s: float | None = None) -> None:
         """Fold in one transfer of ``nbytes`` that took ``seconds`` one way.
 
         Transfers smaller than ``min_packets`` packets are all delay and say
@@ -84,7 +101,11 @@ class LinkEstimator:
         if packet_count(nbytes, mtu) < self._min_packets or serial_s <= 0:
             self._rtt_s = self._ewma(self._rtt_s, 2.0 * seconds)
         else:
+            if at_s is not None and self._last_sample_s is not None:
+                self._bps = self._relaxed_bps(at_s)  # fold the sample into what we believed
             self._bps = self._ewma(self._bps, 8.0 * wire_bytes(nbytes, mtu) / serial_s)
+            if at_s is not None:
+                self._last_sample_s = at_s + seconds
         self._samples += 1
 
     def observe_rtt(self, seconds: float) -> None:
@@ -94,8 +115,17 @@ class LinkEstimator:
         self._rtt_s = self._ewma(self._rtt_s, float(seconds))
         self._samples += 1
 
-    def estimate(self) -> LinkProfile:
-        """The initial profile with the current bandwidth and RTT substituted."""
-        return dataclasses.replace(
-            self._initial, bandwidth_mbps=self.bandwidth_mbps, rtt_ms=self.rtt_ms
-        )
+    def _relaxed_bps(self, now_s: float) -> float:
+        if self._recovery_s <= 0 or self._last_sample_s is None:
+            return self._bps
+        age = max(0.0, now_s - self._last_sample_s)
+        w = math.exp(-age / self._recovery_s)
+        prior = self._initial.bandwidth_mbps * 1e6
+        return math.exp(w * math.log(self._bps) + (1.0 - w) * math.log(prior))
+
+    def estimate(self, now_s: float | None = None) -> LinkProfile:
+        """The initial profile with the current bandwidth and RTT substituted
+        (relaxed toward the nominal bandwidth if ``now_s`` is given and the last
+        sample is stale, see the class docstring)."""
+        bps = self._bps if now_s is None else self._relaxed_bps(now_s)
+        return dataclasses.replace(self._initial, bandwidth_mbps=bps / 1e6, rtt_ms=self.rtt_ms)

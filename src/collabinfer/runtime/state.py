@@ -94,6 +94,7 @@ class State:
     path: list[PathEntry] = field(default_factory=list)
     exits_tried: list[int] = field(default_factory=list)
     trace: Trace = field(default_factory=Trace)
+    start_s: float = 0.0  # virtual time the input arrived
     plan: Plan | None = None  # set by the policy on the device; followed by every tier
     raw_input_left_device: bool = False
     fell_back: bool = False

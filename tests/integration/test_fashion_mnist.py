@@ -1,0 +1,88 @@
+"""End to end on the real Fashion-MNIST: data, training cache, the demo.
+
+Marked ``integration``: they need the dataset (``make data``) and train the
+reference models once (about 8 minutes on 2 cores). ``make test`` and CI run
+them after the unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from collabinfer.cli import app
+from collabinfer.data import load_split
+from collabinfer.errors import CheckpointError
+from collabinfer.train import DEFAULT_CONFIGS, train_or_load
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ckpt")
+
+
+def test_real_splits_have_the_documented_sizes() -> None:
+    sizes = {s: len(load_split(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 55000, "val": 5000, "test": 10000}
+    test = load_split("test")
+    assert test.labels.bincount().tolist() == [1000] * 10
+
+
+def test_train_caches_and_reuses(cache: Path) -> None:
+    first = runner.invoke(app, ["train", "--model", "fmnist-small", "--cache", str(cache)])
+    assert first.exit_code == 0, first.output
+    ckpts = list((cache / "checkpoints").glob("fmnist-small-*.pt"))
+    assert len(ckpts) == 1
+    _, res = train_or_load(DEFAULT_CONFIGS["fmnist-small"], cache=cache)
+    assert res.reused
+    assert res.metrics["test_acc"] > 0.85  # the local model: clearly useful, clearly smaller
+
+
+def test_corrupt_checkpoint_is_reported_not_replaced(cache: Path, tmp_path: Path) -> None:
+    (ckpt,) = list((cache / "checkpoints").glob("fmnist-small-*.pt"))
+    bad_cache = tmp_path / "bad"
+    (bad_cache / "checkpoints").mkdir(parents=True)
+    bad = bad_cache / "checkpoints" / ckpt.name
+    bad.write_bytes(ckpt.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_or_load(DEFAULT_CONFIGS["fmnist-small"], cache=bad_cache)
+    res = runner.invoke(app, ["train", "--model", "fmnist-small", "--cache", str(bad_cache)])
+    assert res.exit_code == 2 and "corrupt" in res.output
+    assert bad.stat().st_size == 5000  # not silently overwritten
+
+
+def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--num-inputs", "300", "--out", str(out), "--cache", str(cache)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "table1.json").read_text())
+    rows = {r["paradigm"]: r for r in data["rows"]}
+    assert set(rows) == {"LC", "EC", "CC", "static-split", "collabinfer"}
+    assert data["conditions"]["num_inputs"] == 300
+    # the premise of the paper, measured: the local model is less accurate than the full one
+    assert rows["LC"]["accuracy"] < rows["EC"]["accuracy"]
+    assert rows["EC"]["accuracy"] > 0.88
+    assert rows["LC"]["latency_p50_ms"] < rows["EC"]["latency_p50_ms"]
+    assert not rows["collabinfer"]["raw_input_leaves_device"]
+    for name in ("table1.md", "table1_latency_cdf.png", "table1_bytes_vs_p95.png", "config.json"):
+        assert (out / name).is_file(), name
+    # second run reuses both checkpoints
+    again_args = [
+        "demo",
+        "--num-inputs",
+        "50",
+        "--out",
+        str(tmp_path / "again"),
+        "--cache",
+        str(cache),
+    ]
+    again = runner.invoke(app, again_args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reused") >= 2
