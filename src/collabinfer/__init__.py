@@ -13,7 +13,8 @@ Example::
     >>> prof = ci.profile_model(net, "tiny-cnn", repeats=2)
     >>> tiers = [ci.TierSpec("device", 50.0), ci.TierSpec("edge")]
     >>> plan = ci.Planner(prof, tiers).plan([ci.get_profile("lte")])
-    >>> chain = ci.Chain(net, tiers, [ci.SimulatedLink(ci.get_profile("lte"))], ci.StaticPolicy(plan))
+    >>> link = ci.SimulatedLink(ci.get_profile("lte"))
+    >>> chain = ci.Chain(net, tiers, [link], ci.StaticPolicy(plan))
     >>> import torch
     >>> chain.run(torch.rand(1, 1, 28, 28)).output.shape
     torch.Size([1, 10])
