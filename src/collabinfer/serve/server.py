@@ -1,0 +1,199 @@
+"""The tier server: a FastAPI app that hosts blocks ``A..B-1`` of one model.
+
+Contract: ``docs/serving.md``. This module is the app (routes, lifecycle) and
+how to run it (:func:`serve_main` for the CLI, :func:`serve_in_thread` for
+tests and benchmarks); what a tier does with a request lives in
+:mod:`~collabinfer.serve.handler`. Compute runs on a worker thread
+(:mod:`~collabinfer.serve.batching`), so the health endpoints answer during it.
+Metrics live on a per-app registry (:mod:`~collabinfer.serve.metrics`).
+
+Example::
+
+    >>> from collabinfer.model.zoo import create_model
+    >>> app = create_app(ServerConfig("cloud", tier_index=2), create_model("tiny-cnn"), "tiny-cnn")
+    >>> sorted(r.path for r in app.routes if r.path.startswith("/v2/health"))
+    ['/v2/health/live', '/v2/health/ready']
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError, TierError
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.zoo import create_model, model_spec
+from collabinfer.serve.handler import TierHandler, error_response
+from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES, WireError
+
+TIER_INDEX = {"device": 0, "edge": 1, "cloud": 2}
+"""Plan index of the conventional tier names; other names take the header's index."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How one tier server runs. ``stop=None`` hosts up to the last block;
+    ``tier_index=None`` serves whatever tier index a request names."""
+
+    tier_name: str
+    tier_index: int | None = None
+    start: int = 0
+    stop: int | None = None
+    next_url: str | None = None
+    token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    batch_window_ms: float = 0.0  # 0: no batching
+    max_batch: int = 32
+    next_timeout_s: float = 10.0
+    speed_factor: float = 1.0  # > 1: sleep (factor - 1) x measured compute, labelled
+    cache_size: int = 1024  # answers kept for retries, by request_id
+
+    def __post_init__(self) -> None:
+        if not self.tier_name:
+            raise ConfigError("a tier server needs a tier name")
+        if self.tier_index is not None and self.tier_index < 0:
+            raise ConfigError(f"tier index must be >= 0, got {self.tier_index}")
+        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
+            raise ConfigError(f"blocks {self.start}:{self.stop} is not a non-empty range")
+        if self.next_url is not None and not self.next_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--next must be an http(s) URL, got {self.next_url!r}")
+        if self.token is not None and not self.token:
+            raise ConfigError("--token must not be empty")
+        if self.max_body_bytes < 1 or self.max_batch < 1 or self.cache_size < 1:
+            raise ConfigError("max_body_bytes, max_batch and cache_size must be >= 1")
+        if self.batch_window_ms < 0 or not self.next_timeout_s > 0:
+            raise ConfigError("batch_window_ms must be >= 0 and next_timeout_s > 0")
+        if not self.speed_factor >= 1.0:
+            raise ConfigError(f"speed_factor must be >= 1 (a slower tier), got {self.speed_factor}")
+
+
+def create_app(
+    config: ServerConfig,
+    model: BlockNet,
+    model_name: str,
+    *,
+    next_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The FastAPI app of one tier. ``next_transport`` (tests) replaces the network to next."""
+    server = TierHandler(config, model, model_name, next_transport)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server._start()
+        try:
+            yield
+        finally:
+            await server.shutdown()
+
+    app = FastAPI(title=f"collabinfer tier {config.tier_name}", lifespan=lifespan)
+    app.state.tier_server = server
+
+    async def on_wire_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, WireError):  # only registered for WireError
+            raise exc
+        return error_response(exc)
+
+    app.add_exception_handler(WireError, on_wire_error)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2/models")
+    async def models(request: Request) -> dict[str, list[str]]:
+        server.authorize(request)
+        return {"models": [server.hosted.name]}
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str, request: Request) -> dict[str, Any]:
+        server.authorize(request)
+        if name != server.hosted.name:
+            raise WireError(f"unknown model {name!r}; hosted: {server.hosted.name}", 404, "model")
+        return server.metadata()
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        return await server.infer(name, request)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> BlockNet:
+    """The trained checkpoint of zoo model ``name``, or (``untrained``) a seeded random init.
+
+    Every tier of one deployment must load the same weights (the header carries
+    their hash), so untrained models are seeded: the same seed gives the same hash.
+    """
+    model_spec(name)  # unknown name: ModelError listing the zoo
+    if untrained:
+        torch.manual_seed(seed)
+        return create_model(name).eval()
+    from collabinfer.train import DEFAULT_CONFIGS, load_trained  # lazy: pulls in the data code
+
+    hint = f"run `collabinfer train --model {name}` first, or pass --untrained"
+    if name not in DEFAULT_CONFIGS:
+        raise ConfigError(f"model {name!r} has no training recipe; pass --untrained")
+    try:
+        model, _ = load_trained(DEFAULT_CONFIGS[name])
+    except (CheckpointError, DataError) as e:
+        raise CollabInferError(f"no trained checkpoint for {name!r} ({e}): {hint}") from None
+    return model
+
+
+def serve_main(
+    config: ServerConfig,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    untrained: bool = False,
+    seed: int = 0,
+) -> None:
+    """Load the model and serve it with uvicorn until interrupted (the CLI's body)."""
+    import uvicorn
+
+    app = create_app(config, load_served_model(model_name, untrained, seed), model_name)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 10.0
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a real socket in a background thread; yields its URL.
+
+    Port 0 picks a free port. The server is stopped (and the thread joined) on exit.
+    """
+    import uvicorn
+
+    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(cfg)
+    thread = threading.Thread(target=server.run, name="collabinfer-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise TierError(f"uvicorn did not start on {host}:{port}")
+            time.sleep(0.005)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout_s)

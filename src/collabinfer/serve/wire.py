@@ -1,0 +1,409 @@
+"""The wire format between tiers (protocol 1): framing, header, validation, responses.
+
+Why a module of its own: what crosses the wire is a public contract (see
+``docs/serving.md``), shared by the tier server, the device client and the
+tests that pin it with a golden hash. A request body is::
+
+    b"CIW1" | uint32 big-endian header length | header JSON | payload bytes
+
+:func:`decode_request` only checks *structure* (framing, caps, keys, types);
+:meth:`HostedModel.validate` then checks the header against the model a server
+hosts. Both run before any payload byte is decoded, and every refusal is a
+:class:`WireError` that carries its HTTP status. Nothing is ever pickled.
+
+Example::
+
+    >>> from collabinfer.codec import TensorHeader
+    >>> h = RequestHeader("tiny-cnn", "0" * 16, "r1", 1, 0,
+    ...                   TensorHeader("u8", "float32", (1, 1, 28, 28)),
+    ...                   WirePlan((0, 0, 4), ("u8", None)))
+    >>> decode_request(encode_request(h, bytes(784)), 2**20) == (h, bytes(784))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from collabinfer.codec import TensorHeader, get_codec, list_codecs
+from collabinfer.codec.tensor import _reject_constant, _unique_keys
+from collabinfer.errors import CodecError, PlanError, TierError
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.checkpoint import weights_hash
+from collabinfer.plan.cost import check_boundaries, transfers
+from collabinfer.runtime.state import PathEntry, Step, StepKind
+
+PROTOCOL = 1
+MAGIC = b"CIW1"
+MAX_HEADER_BYTES = 65_536
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+_PREFIX = struct.Struct(">4sI")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "unknown_model",
+    409: "weights_mismatch",
+    413: "too_large",
+    422: "unprocessable",
+    502: "bad_gateway",
+    504: "gateway_timeout",
+}
+_TENSOR_KEYS = frozenset(f.name for f in fields(TensorHeader))
+
+
+class WireError(TierError):
+    """A request refused (or failed) with an HTTP status; ``field`` names what was wrong."""
+
+    def __init__(self, message: str, status: int, field: str | None = None, **context: object):
+        super().__init__(message, **context)
+        self.status = status
+        self.field = field
+
+    @property
+    def reason(self) -> str:
+        """A short label for the ``errors_total`` metric."""
+        return _REASONS.get(self.status, "internal")
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"error": self.message, "field": self.field}
+
+
+def _bad(message: str, field: str | None = None) -> WireError:
+    return WireError(message, 400, field)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class WirePlan:
+    """The device's plan as it travels: tier ``t`` runs blocks ``[b[t], b[t+1])``."""
+
+    boundaries: tuple[int, ...]
+    codecs: tuple[str | None, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.boundaries, tuple | list) or not all(
+            _is_int(b) for b in self.boundaries
+        ):
+            raise _bad(f"plan boundaries must be a list of ints, got {self.boundaries!r}", "plan")
+        if not isinstance(self.codecs, tuple | list) or not all(
+            c is None or isinstance(c, str) for c in self.codecs
+        ):
+            raise _bad(f"plan codecs must be a list of str or null, got {self.codecs!r}", "plan")
+        object.__setattr__(self, "boundaries", tuple(self.boundaries))
+        object.__setattr__(self, "codecs", tuple(self.codecs))
+
+    @property
+    def num_tiers(self) -> int:
+        return len(self.codecs)
+
+
+def _path_entry(item: object) -> PathEntry:
+    if (
+        not isinstance(item, tuple | list)
+        or len(item) != 3
+        or not (_is_int(item[0]) and _is_int(item[1]) and isinstance(item[2], bool))
+    ):
+        raise _bad(f"path entries must be [block, tier, ran], got {item!r}", "path")
+    return PathEntry(item[0], item[1], item[2])
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    """The JSON header of a request: exactly the documented keys, type-checked on creation."""
+
+    model: str
+    weights: str
+    request_id: str
+    tier: int
+    next_block: int
+    tensor: TensorHeader
+    plan: WirePlan
+    path: tuple[PathEntry, ...] = ()
+    deadline_ms: float | None = None
+    protocol: int = PROTOCOL
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.protocol) or self.protocol != PROTOCOL:
+            raise _bad(f"protocol {self.protocol!r} is not supported (want {PROTOCOL})", "protocol")
+        for name in ("model", "weights"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise _bad(f"{name} must be a non-empty string", name)
+        if not isinstance(self.request_id, str) or not _REQUEST_ID.fullmatch(self.request_id):
+            raise _bad("request_id must be 1-64 chars of [A-Za-z0-9_-]", "request_id")
+        for name in ("tier", "next_block"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise _bad(f"{name} must be an int >= 0, got {value!r}", name)
+        if not isinstance(self.tensor, TensorHeader):
+            raise _bad("tensor must be a TensorHeader", "tensor")
+        if not isinstance(self.plan, WirePlan):
+            raise _bad("plan must be a WirePlan", "plan")
+        if not isinstance(self.path, tuple | list):
+            raise _bad(f"path must be a list, got {self.path!r}", "path")
+        object.__setattr__(self, "path", tuple(_path_entry(p) for p in self.path))
+        d = self.deadline_ms
+        if d is not None and not ((_is_int(d) or isinstance(d, float)) and 0 <= d < math.inf):
+            raise _bad(f"deadline_ms must be null or a number >= 0, got {self.deadline_ms!r}")
+
+    def to_json_bytes(self) -> bytes:
+        """Compact JSON, sorted keys: the same header always gives the same bytes."""
+        obj = {
+            "protocol": self.protocol,
+            "model": self.model,
+            "weights": self.weights,
+            "request_id": self.request_id,
+            "tier": self.tier,
+            "next_block": self.next_block,
+            "tensor": json.loads(self.tensor.to_json_bytes()),  # TensorHeader's own format
+            "plan": {"boundaries": list(self.plan.boundaries), "codecs": list(self.plan.codecs)},
+            "path": [list(p) for p in self.path],
+            "deadline_ms": self.deadline_ms,
+        }
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json_obj(cls, obj: object) -> RequestHeader:
+        """Build from parsed JSON; wrong keys or types are a 400 :class:`WireError`."""
+        if not isinstance(obj, dict):
+            raise _bad(f"header must be a JSON object, got {type(obj).__name__}")
+        want = {f.name for f in fields(cls)}
+        if set(obj) != want:
+            missing, extra = sorted(want - set(obj)), sorted(set(obj) - want)
+            field = (missing or extra)[0]
+            raise _bad(f"header keys wrong: missing {missing}, unexpected {extra}", field)
+        tensor, plan = obj["tensor"], obj["plan"]
+        if not isinstance(tensor, dict) or set(tensor) != _TENSOR_KEYS:
+            raise _bad(f"tensor must be an object with keys {sorted(_TENSOR_KEYS)}", "tensor")
+        if not isinstance(plan, dict) or set(plan) != {"boundaries", "codecs"}:
+            raise _bad("plan must be an object with keys ['boundaries', 'codecs']", "plan")
+        try:
+            th = TensorHeader(**tensor)
+        except CodecError as e:
+            raise _bad(f"tensor: {e.message}", "tensor") from None
+        return cls(**{**obj, "tensor": th, "plan": WirePlan(plan["boundaries"], plan["codecs"])})
+
+
+def encode_request(header: RequestHeader, payload: bytes) -> bytes:
+    """Frame one request: magic, header length, header JSON, payload."""
+    head = header.to_json_bytes()
+    if len(head) > MAX_HEADER_BYTES:
+        raise WireError(f"header is {len(head)} bytes, at most {MAX_HEADER_BYTES}", 413, "header")
+    return _PREFIX.pack(MAGIC, len(head)) + head + bytes(payload)
+
+
+def decode_request(body: bytes, max_body_bytes: int) -> tuple[RequestHeader, bytes]:
+    """Split and parse a request body; checks structure only (400 and 413)."""
+    if len(body) > max_body_bytes:
+        raise WireError(f"body is {len(body)} bytes, at most {max_body_bytes}", 413, "body")
+    if body[:4] != MAGIC[: len(body[:4])]:
+        raise _bad(f"bad magic {bytes(body[:4])!r}, expected {MAGIC!r}", "magic")
+    if len(body) < _PREFIX.size:
+        raise _bad(f"body truncated: {len(body)} bytes, the prefix alone is 8", "body")
+    _, hlen = _PREFIX.unpack_from(body)
+    if hlen > MAX_HEADER_BYTES:
+        raise WireError(f"header length {hlen} exceeds {MAX_HEADER_BYTES}", 413, "header")
+    if len(body) < _PREFIX.size + hlen:
+        raise _bad(f"body truncated: header says {hlen} bytes, {len(body) - 8} follow", "body")
+    raw = body[_PREFIX.size : _PREFIX.size + hlen]
+    try:
+        obj = json.loads(
+            bytes(raw).decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+        )
+    except (ValueError, RecursionError, CodecError) as e:
+        raise _bad(f"header is not valid JSON: {e}", "header") from None
+    return RequestHeader.from_json_obj(obj), bytes(body[_PREFIX.size + hlen :])
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """What a server hosts, and the semantic checks a request must pass (404, 409, 422).
+
+    ``tier`` is the index this server plays in a plan, or None to take the header's word.
+    """
+
+    name: str
+    weights: str
+    start: int
+    stop: int
+    num_blocks: int
+    cut_shapes: tuple[tuple[int, ...], ...]  # shape at every cut 0..n, without batch dim
+    codecs: tuple[str, ...]
+    dtype: str = "float32"
+    tier: int | None = None
+
+    @classmethod
+    def from_model(
+        cls, name: str, model: BlockNet, start: int, stop: int, tier: int | None = None
+    ) -> HostedModel:
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        return cls(
+            name=name,
+            weights=weights_hash(model),
+            start=start,
+            stop=stop,
+            num_blocks=model.num_blocks,
+            cut_shapes=tuple(c.shape for c in model.cut_points()),
+            codecs=tuple(list_codecs()),
+            dtype=str(dtype).removeprefix("torch."),
+            tier=tier,
+        )
+
+    def end_of(self, header: RequestHeader) -> int:
+        """The cut at which the header's plan says this tier stops running blocks."""
+        return header.plan.boundaries[header.tier + 1]
+
+    def validate(self, header: RequestHeader, payload: bytes) -> None:
+        """Refuse what this server cannot serve, before any payload byte is decoded."""
+        if header.model != self.name:
+            raise WireError(f"unknown model {header.model!r}; hosted: {self.name}", 404, "model")
+        if header.weights != self.weights:
+            msg = f"weights {header.weights} differ from the hosted {self.weights}"
+            raise WireError(msg, 409, "weights")
+        if self.tier is not None and header.tier != self.tier:
+            raise WireError(f"message is for tier {header.tier}, this is {self.tier}", 422, "tier")
+        self._check_plan(header)
+        k, t = header.next_block, header.tensor
+        end = self.end_of(header)
+        if k < end and not (self.start <= k and end <= self.stop):
+            msg = f"plan runs blocks {k}:{end} here, this tier hosts {self.start}:{self.stop}"
+            raise WireError(msg, 422, "next_block")
+        if t.codec not in self.codecs:
+            raise WireError(f"unknown codec {t.codec!r}; known: {self.codecs}", 422, "tensor.codec")
+        if t.dtype != self.dtype:
+            raise WireError(f"dtype {t.dtype} is not the model's {self.dtype}", 422, "tensor.dtype")
+        want = self.cut_shapes[k]
+        if len(t.shape) != len(want) + 1 or t.shape[1:] != want:
+            msg = f"shape {list(t.shape)} is not (batch, *{list(want)}) at cut {k}"
+            raise WireError(msg, 422, "tensor.shape")
+        need = get_codec(t.codec).payload_size(t.shape)
+        if len(payload) != need:
+            msg = f"payload is {len(payload)} bytes, codec {t.codec} needs {need}"
+            raise WireError(msg, 422, "payload")
+
+    def _check_plan(self, header: RequestHeader) -> None:
+        plan, k = header.plan, header.next_block
+        try:
+            check_boundaries(plan.boundaries, self.num_blocks, plan.num_tiers)
+        except PlanError as e:
+            raise WireError(f"plan inconsistent with the model: {e}", 422, "plan") from None
+        if header.tier >= plan.num_tiers:
+            msg = f"tier {header.tier} is not in a {plan.num_tiers}-tier plan"
+            raise WireError(msg, 422, "tier")
+        for sender, _, cut in transfers(plan.boundaries):
+            if plan.codecs[sender] not in self.codecs:
+                msg = f"plan: tier {sender} sends cut {cut} with unknown codec"
+                raise WireError(f"{msg} {plan.codecs[sender]!r}", 422, "plan")
+        if k >= self.num_blocks or k != plan.boundaries[header.tier]:
+            msg = f"next_block {k}: the plan has tier {header.tier} start at cut"
+            raise WireError(f"{msg} {plan.boundaries[header.tier]}", 422, "next_block")
+
+    def metadata(self) -> dict[str, Any]:
+        """What ``GET /v2/models/{name}`` reports about the hosted model."""
+        return {
+            "name": self.name,
+            "platform": "collabinfer",
+            "versions": [self.weights],
+            "weights": self.weights,
+            "blocks": {"start": self.start, "stop": self.stop},
+            "num_blocks": self.num_blocks,
+            "cut_shapes": [list(s) for s in self.cut_shapes],
+            "codecs": list(self.codecs),
+            "dtype": self.dtype,
+        }
+
+
+@dataclass(frozen=True)
+class ResponseBody:
+    """A finished request's answer, as the first server that answered sends it."""
+
+    request_id: str
+    tier: int  # the tier that finished the request
+    output: tuple[tuple[float, ...], ...]  # logits, one row per batch item
+    prediction: tuple[int, ...]
+    path: tuple[PathEntry, ...]
+    steps: tuple[Step, ...]
+    server_ms: float  # wall time inside the first server that answered
+    fell_back: bool
+
+    @classmethod
+    def from_output(
+        cls,
+        request_id: str,
+        tier: int,
+        output: torch.Tensor,
+        path: Sequence[PathEntry],
+        steps: Sequence[Step],
+        server_ms: float,
+        fell_back: bool,
+    ) -> ResponseBody:
+        rows = output.detach().reshape(output.shape[0], -1).float()
+        return cls(
+            request_id,
+            tier,
+            tuple(tuple(r) for r in rows.tolist()),
+            tuple(rows.argmax(1).tolist()) if rows.shape[1] else (),
+            tuple(path),
+            tuple(steps),
+            server_ms,
+            fell_back,
+        )
+
+    def output_tensor(self) -> torch.Tensor:
+        """The logits as float32 (exactly the server's float32 values)."""
+        return torch.tensor(self.output, dtype=torch.float32)
+
+
+def encode_response(body: ResponseBody) -> bytes:
+    """JSON bytes of a response; a non-finite output is a 422 (the input was out of range)."""
+    obj: dict[str, object] = {f.name: getattr(body, f.name) for f in fields(body)}
+    obj["steps"] = [{**s._asdict(), "kind": str(s.kind)} for s in body.steps]
+    try:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        raise WireError("output is not finite: the input is out of range", 422, "payload") from None
+
+
+def decode_response(data: bytes) -> ResponseBody:
+    """Parse a tier's answer; anything malformed is a 502 :class:`WireError` (bad gateway)."""
+    try:
+        obj = json.loads(data)
+        steps = tuple(
+            Step(
+                StepKind(s["kind"]),
+                int(s["tier"]),
+                float(s["ms"]),
+                s["block"],
+                int(s["nbytes"]),
+                float(s["wall_ms"]),
+            )
+            for s in obj["steps"]
+        )
+        if not all(s.block is None or _is_int(s.block) for s in steps):
+            raise ValueError("step blocks must be ints or null")
+        return ResponseBody(
+            request_id=str(obj["request_id"]),
+            tier=int(obj["tier"]),
+            output=tuple(tuple(float(v) for v in row) for row in obj["output"]),
+            prediction=tuple(int(p) for p in obj["prediction"]),
+            path=tuple(_path_entry(p) for p in obj["path"]),
+            steps=steps,
+            server_ms=float(obj["server_ms"]),
+            fell_back=bool(obj["fell_back"]),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError, WireError) as e:
+        raise WireError(f"malformed response from a tier: {e}", 502, "response") from None
