@@ -206,6 +206,17 @@ def demo(
     device_factor: Annotated[
         float | None, typer.Option(help="device slow-down vs this CPU")
     ] = None,
+    simulate: Annotated[
+        bool,
+        typer.Option("--simulate", help="collabinfer row on the virtual clock too (no sockets)"),
+    ] = False,
+    real_inputs: Annotated[
+        int, typer.Option(help="inputs the real-socket collabinfer row runs (it takes wall time)")
+    ] = 1000,
+    model: ModelOpt = "fmnist-resnet",
+    local_model: Annotated[
+        str, typer.Option("--local-model", help="the model LC runs on the device")
+    ] = "fmnist-small",
     private: Annotated[
         bool, typer.Option(help="split rows keep the raw input on the device")
     ] = True,
@@ -227,6 +238,10 @@ def demo(
             fluctuating=not constant,
             trace_seed=trace_seed,
             private_splits=private,
+            full_model=model,
+            local_model=local_model,
+            real_sockets=not simulate,
+            real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             device_factor=device_factor if device_factor is not None else base.device_factor,
         )
@@ -246,7 +261,17 @@ def demo(
                 if i % 50 == 0 or i == total:
                     progress.update(tasks[paradigm], completed=i)
 
-            result = run_table1(cfg, full, local, full_prof, local_prof, test, progress=cb)
+            result = run_table1(
+                cfg,
+                full,
+                local,
+                full_prof,
+                local_prof,
+                test,
+                progress=cb,
+                cache=cache,
+                log_dir=(out / "logs") if out else None,
+            )
     except CollabInferError as exc:
         raise _fail(exc) from exc
     from collabinfer.report.table1 import COLUMNS, fmt
@@ -283,6 +308,20 @@ def report_cmd(
             console.print(f"wrote {p}")
     except CollabInferError as exc:
         raise _fail(exc) from exc
+
+
+def _register_serving_commands() -> None:
+    """The tier server, the device client and the shaping relay live in ``serve/``."""
+    from collabinfer.serve.client_cli import run
+    from collabinfer.serve.relay_cli import relay
+    from collabinfer.serve.server_cli import serve
+
+    app.command(help=serve.__doc__)(serve)
+    app.command(help=run.__doc__)(run)
+    app.command(help=relay.__doc__)(relay)
+
+
+_register_serving_commands()
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 
 Every test taking ``name`` runs over ``list_codecs()``, so a newly registered
 codec gets the whole contract (a lossy one must add its documented error bound
-to ``BOUNDS`` below).
+to ``BOUNDS`` below). ``payload_size`` must equal the payload length for a
+``fixed_size`` codec and bound it otherwise. Image codecs (``ImageCodec``) only
+take ``(N, 1 or 3, H, W)`` images in ``[0, 1]``: they get the image-shaped twin
+of each test shape (``IMAGE_TWIN``) and uniform noise instead of ``randn``.
 
 Golden file: ``tests/expected/codec_golden.json`` pins sha256(header JSON +
 payload) per codec for ``torch.manual_seed(0); torch.randn(1, 4, 3, 3)``, so any
@@ -26,7 +29,15 @@ import pytest
 import torch
 
 import collabinfer.codec as codec_pkg
-from collabinfer.codec import Encoded, TensorHeader, get_codec, list_codecs, register_codec
+from collabinfer.codec import (
+    Encoded,
+    ImageCodec,
+    LosslessCodec,
+    TensorHeader,
+    get_codec,
+    list_codecs,
+    register_codec,
+)
 from collabinfer.codec import tensor as tensor_mod
 from collabinfer.errors import CodecError
 
@@ -35,10 +46,35 @@ INT8 = ["int8", "int8-channel"]
 GOLDEN = Path(__file__).resolve().parents[1] / "expected" / "codec_golden.json"
 SHAPES = [(1, 16, 28, 28), (2, 3, 5), (7,), (), (1, 1)]
 EPS32 = 2.0**-23
+IMAGE_CODECS = {n for n in CODECS if isinstance(get_codec(n), ImageCodec)}
+IMAGE_TWIN: dict[tuple[int, ...], tuple[int, ...]] = {  # same role, image-shaped
+    (1, 16, 28, 28): (1, 1, 28, 28),
+    (2, 3, 5): (2, 3, 5, 7),
+    (7,): (1, 1, 1, 7),
+    (): (1, 1, 1, 1),
+    (1, 1): (1, 3, 1, 1),
+    (9,): (1, 3, 3, 3),
+    (1, 4, 3, 3): (1, 1, 6, 6),  # 36 elements, like the original
+    (1, 4, 3, 4): (1, 1, 6, 7),
+    (2, 3, 4): (2, 3, 4, 5),
+    (1, 2, 3, 3): (1, 3, 3, 3),
+}
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape codec ``name`` is tested at in place of ``shape`` (twins map to themselves)."""
+    return IMAGE_TWIN.get(shape, shape) if name in IMAGE_CODECS else shape
+
+
+def _input(name: str, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """randn of ``shape``, or for an image codec uniform [0, 1] pixels of its image twin."""
+    if name not in IMAGE_CODECS:
+        return _randn(*shape, seed=seed)
+    return torch.rand(_shape(name, shape), generator=torch.Generator().manual_seed(seed))
 
 
 def _affine_bound(x: torch.Tensor, enc: Encoded) -> torch.Tensor:
@@ -58,6 +94,13 @@ BOUNDS: dict[str, Callable[[torch.Tensor, Encoded], torch.Tensor]] = {
     # pixels: clamped to [0, 1], then rounded to the 1/255 grid
     "u8": lambda x, enc: (x.double() - x.double().clamp(0, 1)).abs() + 0.5 / 255 + 1e-7,
 }
+BOUNDS["png"] = BOUNDS["webp-lossless"] = BOUNDS["u8"]  # exact on the 8-bit grid
+for _name in IMAGE_CODECS - set(BOUNDS):  # lossy JPEG/WebP: only "decodes into [0, 1]"
+    BOUNDS[_name] = lambda x, enc: (x.double() - x.double().clamp(0, 1)).abs() + 1.0 + 1e-7
+for _name in CODECS:  # zstd / lz4 are exact: the inner codec's bound holds
+    _codec = get_codec(_name)
+    if isinstance(_codec, LosslessCodec) and _codec.inner.name in BOUNDS:
+        BOUNDS[_name] = BOUNDS[_codec.inner.name]
 
 
 def _wire(enc: Encoded) -> bytes:
@@ -82,11 +125,16 @@ def _with_header(enc: Encoded, **changes: Any) -> Encoded:
 @pytest.mark.parametrize("name", CODECS)
 def test_round_trip_shape_dtype_and_size(name: str, shape: tuple[int, ...]) -> None:
     codec = get_codec(name)
-    enc = codec.encode(_randn(*shape))
+    shape = _shape(name, shape)
+    enc = codec.encode(_input(name, shape))
     out = codec.decode(enc)
     assert out.dtype == torch.float32 and tuple(out.shape) == shape
     assert enc.header.shape == shape and enc.header.dtype == "float32"
-    assert codec.payload_size(shape) == len(enc.payload) == enc.payload_bytes
+    assert len(enc.payload) == enc.payload_bytes
+    if codec.fixed_size:
+        assert codec.payload_size(shape) == enc.payload_bytes
+    else:
+        assert enc.payload_bytes <= codec.payload_size(shape)
     assert enc.header_bytes == len(enc.header.to_json_bytes())
 
 
@@ -97,7 +145,8 @@ def test_decode_error_within_documented_bound(
     name: str, shape: tuple[int, ...], scale: float
 ) -> None:
     codec = get_codec(name)
-    x = _randn(*shape) * scale + 3 * scale
+    shift = 0.0 if name in IMAGE_CODECS else 3 * scale  # images: keep [0, 1] at scale 1
+    x = _input(name, shape) * scale + shift
     enc = codec.encode(x)
     out = codec.decode(enc)
     if codec.lossless:
@@ -112,7 +161,8 @@ def test_decode_error_within_documented_bound(
 @pytest.mark.parametrize("name", CODECS)
 def test_encoding_is_deterministic_and_layout_independent(name: str) -> None:
     codec = get_codec(name)
-    base = _randn(28, 28, 16, 1).permute(3, 2, 0, 1)  # non-contiguous view
+    channels = 3 if name in IMAGE_CODECS else 16
+    base = _input(name, (28, 28, channels, 1)).permute(3, 2, 0, 1)  # non-contiguous view
     variants = [base, base.contiguous(), base.clone().requires_grad_(True), base.contiguous()]
     wires = {_wire(codec.encode(v)) for v in variants}
     assert len(wires) == 1
@@ -120,7 +170,7 @@ def test_encoding_is_deterministic_and_layout_independent(name: str) -> None:
 
 @pytest.mark.parametrize("name", CODECS)
 def test_header_json_round_trip_is_compact_and_sorted(name: str) -> None:
-    header = get_codec(name).encode(_randn(2, 3, 4)).header
+    header = get_codec(name).encode(_input(name, (2, 3, 4))).header
     raw = header.to_json_bytes()
     assert TensorHeader.from_json_bytes(raw) == header
     assert TensorHeader.from_json_bytes(raw).to_json_bytes() == raw
@@ -130,7 +180,7 @@ def test_header_json_round_trip_is_compact_and_sorted(name: str) -> None:
 @pytest.mark.parametrize("name", CODECS)
 def test_wrong_payload_length_is_codec_error(name: str) -> None:
     codec = get_codec(name)
-    enc = codec.encode(_randn(1, 4, 3, 3))
+    enc = codec.encode(_input(name, (1, 4, 3, 3)))
     for payload in (enc.payload[:-1], b"", enc.payload + b"\x00", enc.payload * 2):
         with pytest.raises(CodecError, match="expected"):
             codec.decode(Encoded(enc.header, payload))
@@ -139,7 +189,7 @@ def test_wrong_payload_length_is_codec_error(name: str) -> None:
 @pytest.mark.parametrize("name", CODECS)
 def test_header_for_another_codec_is_refused(name: str) -> None:
     codec = get_codec(name)
-    enc = codec.encode(_randn(1, 4, 3, 3))
+    enc = codec.encode(_input(name, (1, 4, 3, 3)))
     for other in [*(n for n in CODECS if n != name), "no-such-codec"]:
         with pytest.raises(CodecError, match="codec"):
             codec.decode(_with_header(enc, codec=other))
@@ -148,9 +198,9 @@ def test_header_for_another_codec_is_refused(name: str) -> None:
 @pytest.mark.parametrize("name", CODECS)
 def test_header_with_wrong_shape_or_params_is_refused(name: str) -> None:
     codec = get_codec(name)
-    enc = codec.encode(_randn(1, 4, 3, 3))
+    enc = codec.encode(_input(name, (1, 4, 3, 3)))
     with pytest.raises(CodecError):
-        codec.decode(_with_header(enc, shape=(1, 4, 3, 4)))
+        codec.decode(_with_header(enc, shape=_shape(name, (1, 4, 3, 4))))
     with pytest.raises(CodecError, match="params"):
         codec.decode(_with_header(enc, params=(*enc.header.params, 1.0)))
 
@@ -158,7 +208,7 @@ def test_header_with_wrong_shape_or_params_is_refused(name: str) -> None:
 @pytest.mark.parametrize("name", CODECS)
 def test_mangled_header_bytes_never_raise_anything_but_codec_error(name: str) -> None:
     codec = get_codec(name)
-    enc = codec.encode(_randn(1, 4, 3, 3))
+    enc = codec.encode(_input(name, (1, 4, 3, 3)))
     raw = enc.header.to_json_bytes()
     rng = random.Random(name)
     for cut in range(len(raw)):  # every truncation is malformed
@@ -342,7 +392,7 @@ def test_register_codec(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_public_api_is_exactly_all() -> None:
-    submodules = {"tensor", "pixels"}
+    submodules = {"tensor", "pixels", "lossless", "image", "entropy"}
     public = {n for n in vars(codec_pkg) if not n.startswith("_") and n not in submodules}
     assert set(codec_pkg.__all__) == public
 
@@ -351,8 +401,9 @@ def test_public_api_is_exactly_all() -> None:
 
 
 def test_golden_hashes() -> None:
-    x = _randn(1, 4, 3, 3)  # same values as torch.manual_seed(0); torch.randn(1, 4, 3, 3)
-    got = {n: hashlib.sha256(_wire(get_codec(n).encode(x))).hexdigest() for n in CODECS}
+    # for most codecs the same values as torch.manual_seed(0); torch.randn(1, 4, 3, 3)
+    inputs = {n: _input(n, (1, 4, 3, 3)) for n in CODECS}
+    got = {n: hashlib.sha256(_wire(get_codec(n).encode(inputs[n]))).hexdigest() for n in CODECS}
     if os.environ.get("COLLABINFER_REGEN_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")

@@ -55,8 +55,7 @@ def synthetic_profile(net: BlockNet, name: str, times_ms: Sequence[float]) -> Pr
     for cut in cuts:
         names = INPUT_CODECS if cut.index == 0 else FEATURE_CODECS
         costs = {
-            c: CodecCost(get_codec(c).payload_size((1, *cut.shape)), 100, 0.01, 0.01)
-            for c in names
+            c: CodecCost(get_codec(c).payload_size((1, *cut.shape)), 100, 0.01, 0.01) for c in names
         }
         cut_profiles.append(CutProfile(cut.index, cut.name, cut.shape, costs))
     return Profile(name, blocks, tuple(cut_profiles), 1, "synthetic")

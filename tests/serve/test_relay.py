@@ -325,3 +325,28 @@ def test_bandwidth_and_rtt_at_3g_and_wifi() -> None:
         for n, got in zip(sizes, asyncio.run(_through_relay(prof, sizes)), strict=True):
             want = expected_s(prof, n)
             assert abs(got - want) <= tolerance_s(want), f"{name} {n} B: {got:.4f} vs {want:.4f}"
+
+
+def test_relay_cli_resolves_profiles_and_refuses_bad_input() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from collabinfer.serve.relay_cli import relay, resolve_profile
+
+    lte = resolve_profile("lte", None, 80.0, 5.0)
+    assert (lte.bandwidth_mbps, lte.rtt_ms, lte.jitter_ms) == (5.85, 80.0, 5.0)
+    custom = resolve_profile(None, 2.0, 30.0, None)
+    assert (custom.bandwidth_mbps, custom.rtt_ms, custom.jitter_ms) == (2.0, 30.0, 0.0)
+    with pytest.raises(ConfigError):
+        resolve_profile(None, 2.0, None, None)
+    app = typer.Typer()
+    app.command()(relay)
+    app.command("noop")(lambda: None)  # two commands: `relay` stays a subcommand
+    runner = CliRunner()
+    for args in (
+        ["--listen", "127.0.0.1:0", "--target", "nope", "--link", "lte"],
+        ["--listen", "127.0.0.1:0", "--target", "127.0.0.1:1", "--link", "5g"],
+        ["--listen", "127.0.0.1:0", "--target", "127.0.0.1:1", "--bandwidth-mbps", "2"],
+    ):
+        res = runner.invoke(app, ["relay", *args])
+        assert res.exit_code == 2 and "error" in res.output, res.output

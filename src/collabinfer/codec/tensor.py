@@ -1,9 +1,13 @@
 """Tensor codecs: turn an intermediate feature into bytes whose length is the rate.
 
 Why this module exists: a cut point is only as cheap as the bytes it sends, so
-every codec reports the exact payload length for a shape *without encoding*
-(``payload_size``, used by the planner and profiler), and that number always
-equals ``len(encode(t).payload)``. The header (codec, dtype, shape and the
+every codec reports the payload length for a shape *without encoding*
+(``payload_size``, used by the planner and profiler). For a fixed-length codec
+(``fixed_size = True``, all built-ins here) that number always equals
+``len(encode(t).payload)``; a variable-length codec (entropy coding, zstd,
+PNG, ...) cannot know it before encoding, so it sets ``fixed_size = False``
+and ``payload_size`` is an upper bound that ``encode`` never exceeds and
+``decode`` enforces. The header (codec, dtype, shape and the
 params the decoder needs) is compact JSON and is counted separately
 (``Encoded.header_bytes``). Nothing is pickled; byte order is fixed
 little-endian, so bytes written on one machine decode on any other.
@@ -167,10 +171,15 @@ class Encoded:
 
 @runtime_checkable
 class Codec(Protocol):
-    """The whole contract a codec meets; tests run it over every registered codec."""
+    """The whole contract a codec meets; tests run it over every registered codec.
+
+    ``payload_size(shape)`` is exact when ``fixed_size`` is true, and an upper
+    bound on ``len(encode(t).payload)`` for a ``t`` of that shape otherwise.
+    """
 
     name: str
     lossless: bool
+    fixed_size: bool
 
     def encode(self, t: torch.Tensor) -> Encoded: ...
 
@@ -203,10 +212,16 @@ def _f32_params(values: np.ndarray) -> tuple[float, ...]:
 
 
 class _BaseCodec:
-    """Shared header checks, so every decode refuses bad input the same way."""
+    """Shared header checks, so every decode refuses bad input the same way.
+
+    Fixed-length unless a subclass says otherwise (and then overrides
+    ``payload_size`` with its upper bound): ``_open`` then refuses a payload
+    longer than the bound instead of one of a different length.
+    """
 
     name: str
     lossless: bool
+    fixed_size: bool = True
     _bytes_per_element: int
 
     def payload_size(self, shape: tuple[int, ...]) -> int:
@@ -226,8 +241,11 @@ class _BaseCodec:
             msg = f"header has {len(header.params)} params, expected {want}"
             raise CodecError(msg, codec=self.name, shape=header.shape)
         expected, got = self.payload_size(header.shape), len(enc.payload)
-        if got != expected:
+        if self.fixed_size and got != expected:
             msg = f"payload is {got} bytes, expected {expected} for shape {header.shape}"
+            raise CodecError(msg, codec=self.name, expected=expected, got=got)
+        if not self.fixed_size and got > expected:
+            msg = f"payload is {got} bytes, expected at most {expected} for shape {header.shape}"
             raise CodecError(msg, codec=self.name, expected=expected, got=got)
         return header
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,8 @@ class Table1Config:
     private_splits: bool = True
     ewma_alpha: float = 0.3
     recovery_s: float = 2.0
+    real_sockets: bool = True  # the collabinfer row over real servers, relays and sockets
+    real_inputs: int = 1000  # how many of the inputs the real-socket row runs (wall time!)
     link_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -110,6 +113,7 @@ class Row:
     measured_on: str
     plan: str = ""  # the plan (or, for collabinfer, how often each plan was chosen)
     fallbacks: int = 0
+    num_inputs: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,7 @@ def _run_row(
         measured_on="virtual-clock",
         plan=plan_desc,
         fallbacks=fallbacks,
+        num_inputs=n,
     )
     return row, lat
 
@@ -204,6 +209,8 @@ def run_table1(
     test: Dataset,
     progress: ProgressFn | None = None,
     paradigms: tuple[str, ...] = PARADIGMS,
+    cache: Path | None = None,
+    log_dir: Path | None = None,
 ) -> Table1Result:
     """Run every row on the same inputs, trace and tiers; return rows + latency samples."""
     unknown = set(paradigms) - set(PARADIGMS)
@@ -228,6 +235,7 @@ def run_table1(
 
     rows: list[Row] = []
     samples: dict[str, list[float]] = {}
+    extra: dict[str, Any] = {}
     for paradigm in paradigms:
         if paradigm == "LC":
             lc_tiers = tiers3[:1]
@@ -252,6 +260,14 @@ def run_table1(
             row, lat = _run_row(
                 paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress
             )
+        elif cfg.real_sockets:
+            from collabinfer.experiments.table1_real import run_real_row
+
+            real_data = data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
+            row, lat, info = run_real_row(
+                cfg, full, full_profile, real_data, trace, cache, progress, log_dir
+            )
+            extra.update(info)
         else:
             planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
             estimators = [
@@ -285,5 +301,6 @@ def run_table1(
         "links": "SimulatedLink on a virtual clock (RTTs are assumptions, see link_profile.note)",
         "profile_measured_on": full_profile.measured_on,
         "config": dataclasses.asdict(cfg),
+        **extra,
     }
     return Table1Result(conditions, tuple(rows), samples)

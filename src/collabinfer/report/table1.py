@@ -23,6 +23,7 @@ COLUMNS = (
     ("raw_input_leaves_device", "raw input leaves device", "{}"),
     ("edge_cpu_ms_per_input", "edge CPU ms/input", "{:.2f}"),
     ("measured_on", "measured on", "{}"),
+    ("num_inputs", "inputs", "{:,}"),
 )
 
 
@@ -67,6 +68,14 @@ def markdown(data: dict[str, Any]) -> str:
         f"- WAN (edge to cloud) `{wan['name']}`: {wan['bandwidth_mbps']} Mbit/s, "
         f"RTT {wan['rtt_ms']} ms ({wan['note']}).",
         f"- Links: {cond['links']}.",
+        "- Measured how: "
+        + "; ".join(
+            f"{r['paradigm']} on {r['measured_on']} ({r.get('num_inputs', 0):,} inputs)"
+            for r in data["rows"]
+        )
+        + ". `virtual-clock`: compute measured here x tier factor, links simulated; "
+        "`real-sockets`: tier servers in separate processes, userspace shaping relays, "
+        "wall-clock latency (device slow-down emulated by sleeping; cloud at this CPU's speed).",
         "- Split rows keep the raw input on the device: "
         + ("yes (privacy constraint)." if cond["private_splits"] else "no."),
         "",

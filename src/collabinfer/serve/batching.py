@@ -83,6 +83,7 @@ class BlockRunner:
         self.on_batch = on_batch
         self._groups: dict[tuple[int, int, tuple[int, ...]], _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0  # batches in the executor now
 
     async def run(self, z: torch.Tensor, start: int, stop: int) -> RunResult:
         """The tensor at cut ``stop`` for ``z`` at cut ``start``, plus timings."""
@@ -99,7 +100,9 @@ class BlockRunner:
             group.timer = loop.call_later(self.window_s, self._flush, key)
         fut: asyncio.Future[RunResult] = loop.create_future()
         group.items.append((z, fut))
-        if len(group.items) >= self.max_batch:
+        # Work-conserving: an idle runner does not make a lone request wait out the
+        # window; requests that arrive while a batch runs gather and go when it ends.
+        if len(group.items) >= self.max_batch or self._running == 0:
             self._flush(key)
         return await fut
 
@@ -109,6 +112,7 @@ class BlockRunner:
             return
         if group.timer is not None:
             group.timer.cancel()
+        self._running += 1  # counted from now, not from when the task starts
         task = asyncio.get_running_loop().create_task(self._run_group(key, group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -128,6 +132,11 @@ class BlockRunner:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        finally:
+            self._running -= 1
+            if self._running == 0:  # the executor is free: what gathered meanwhile goes now
+                for pending in list(self._groups):
+                    self._flush(pending)
         parts = result.output.split(sizes)
         for (_, fut), part in zip(items, parts, strict=True):
             if not fut.done():  # the request may have been cancelled meanwhile

@@ -13,7 +13,9 @@ the simulated links. Per input the client
    :func:`~collabinfer.serve.wire.encode_request` and posts it to
    ``{url}/v2/models/{name}/infer`` (httpx, keep-alive); the edge forwards to
    the cloud itself;
-4. learns the uplink from the answer (see :meth:`DeviceClient._observe`).
+4. learns the uplink: its bandwidth from each answer's timing
+   (:meth:`DeviceClient._observe`), its RTT from a background ping
+   (:meth:`DeviceClient._maybe_probe_rtt`).
 
 Failure rules: a connection error, a timeout or a 5xx is retried ``retries``
 times with the *same* request id (the server answers a repeated id from its
@@ -35,9 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -62,9 +65,10 @@ from collabinfer.serve.wire import (
     encode_request,
 )
 
-__all__ = ["ClientResult", "DeviceClient", "RunSummary"]
+__all__ = ["ClientResult", "DeviceClient", "RunSummary", "summarise"]
 
 CONTENT_TYPE = "application/octet-stream"
+RTT_WINDOW = 5  # RTT pings whose minimum is one RTT sample (see DeviceClient._maybe_probe_rtt)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,9 @@ class DeviceClient:
     ``speed_factor`` sets the emulated slow-down), ``estimators[i]`` tracks
     link ``i`` (the client feeds link 0, the uplink, from its own posts).
     Pass ``http`` to share one connection pool between clients (it is then
-    not closed by :meth:`aclose`).
+    not closed by :meth:`aclose`). Every ``rtt_probe_s`` seconds the client
+    pings the edge in the background for an RTT sample (None: never; see
+    :meth:`_maybe_probe_rtt`).
     """
 
     def __init__(
@@ -150,6 +156,7 @@ class DeviceClient:
         deadline_s: float = 5.0,
         retries: int = 1,
         http: httpx.AsyncClient | None = None,
+        rtt_probe_s: float | None = 1.0,
     ) -> None:
         if len(planner.tiers) < 2:
             raise ConfigError("a device client needs at least one remote tier in the planner")
@@ -166,6 +173,8 @@ class DeviceClient:
             raise ConfigError(f"retries must be an int >= 0, got {retries!r}")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must start with http:// or https://, got {url!r}")
+        if rtt_probe_s is not None and not rtt_probe_s > 0:
+            raise ConfigError(f"rtt_probe_s must be > 0 or None, got {rtt_probe_s!r}")
         self.model = model.eval()
         self.model_name = model_name
         self.weights = weights if weights is not None else weights_hash(model)
@@ -180,10 +189,16 @@ class DeviceClient:
             self._headers["authorization"] = f"Bearer {token}"
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            trust_env=False,  # an HTTP(S)_PROXY meant for the internet must not catch the tiers
         )
         self._t0 = time.perf_counter()
         self._blocks = tuple(self.model.blocks)
+        self.rtt_probe_s = rtt_probe_s
+        self._probe_http: httpx.AsyncClient | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._last_probe_s = -math.inf
+        self._probe_rtts: deque[float] = deque(maxlen=RTT_WINDOW)
 
     @property
     def endpoint(self) -> str:
@@ -194,6 +209,11 @@ class DeviceClient:
         return time.perf_counter() - self._t0
 
     async def aclose(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        if self._probe_http is not None:
+            await self._probe_http.aclose()
         if self._own_http:
             await self._http.aclose()
 
@@ -230,11 +250,15 @@ class DeviceClient:
         return extra
 
     async def infer(self, x: torch.Tensor, request_id: str | None = None) -> ClientResult:
-        """Run one input (batch dim included) across the tiers; see the module docstring."""
+        """Run one input across the tiers (see the module docstring).
+
+        ``x`` is ``(batch, *input_shape)``; a single ``(C, H, W)`` image gets a batch dim.
+        """
         t_start = time.perf_counter()
         rid = request_id or uuid.uuid4().hex
         if x.dim() == 3:
             x = x.unsqueeze(0)
+        self._maybe_probe_rtt()
         plan = self.planner.plan([e.estimate(self.now_s()) for e in self.estimators])
         n = self.model.num_blocks
         cut = plan.boundaries[1]
@@ -318,9 +342,9 @@ class DeviceClient:
             network_s = max(0.0, time.perf_counter() - t0 - answer.server_ms / 1e3)
             one_way_ms = self._observe(0, len(body), network_s, at_s)
             steps.append(Step(StepKind.TRANSFER, 0, one_way_ms, nbytes=len(body)))
-            for s in answer.steps:  # later links, as the tier that used them measured them
-                if s.kind == StepKind.TRANSFER and 0 < s.tier < len(self.estimators):
-                    self._observe(s.tier, s.nbytes, s.ms / 1e3, at_s)
+            for step in answer.steps:  # later links, as the tier that used them measured them
+                if step.kind == StepKind.TRANSFER and 0 < step.tier < len(self.estimators):
+                    self._observe(step.tier, step.nbytes, step.ms / 1e3, at_s)
             return _Outcome(answer, attempts, sent)
         return _Outcome(None, attempts, sent)
 
@@ -367,6 +391,44 @@ class DeviceClient:
         else:
             est.observe_rtt(network_s)
         return max(0.0, one_way_s) * 1e3
+
+    def _maybe_probe_rtt(self) -> None:
+        """Start a background RTT probe if the last one is ``rtt_probe_s`` old.
+
+        Why: inference bodies are several packets, so each post gives one
+        equation in two unknowns (RTT and bandwidth) and the estimator, which
+        takes the RTT as known, would fold a wrong RTT guess into the bandwidth
+        forever. A ``GET /v2/health/live`` is one small packet each way: its
+        round trip *is* an RTT sample. It runs beside the inputs (never adding
+        to their latency) on its own keep-alive connection, so after the
+        first (discarded: it includes the TCP handshake) no sample pays for a
+        connection setup. A ping that shares the uplink with a request waits
+        behind its bytes, so the estimator gets the minimum of the last
+        :data:`RTT_WINDOW` pings (queueing only ever adds delay).
+        """
+        if self.rtt_probe_s is None or (self._probe_task and not self._probe_task.done()):
+            return
+        now = self.now_s()
+        if now - self._last_probe_s < self.rtt_probe_s:
+            return
+        self._last_probe_s = now
+        self._probe_task = asyncio.create_task(self._probe_rtt())
+
+    async def _probe_rtt(self) -> None:
+        url = f"{self.url}/v2/health/live"
+        try:
+            if self._probe_http is None:
+                self._probe_http = httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=1), trust_env=False
+                )
+                await self._probe_http.get(url, timeout=self.deadline_s)  # opens the connection
+            t0 = time.perf_counter()
+            resp = await self._probe_http.get(url, timeout=self.deadline_s)
+            if resp.status_code == 200:
+                self._probe_rtts.append(time.perf_counter() - t0)
+                self.estimators[0].observe_rtt(min(self._probe_rtts))
+        except httpx.HTTPError:
+            pass  # the tier is down: the inputs find out and fall back by themselves
 
     async def run_many(
         self,

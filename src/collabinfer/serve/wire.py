@@ -290,9 +290,11 @@ class HostedModel:
         if len(t.shape) != len(want) + 1 or t.shape[1:] != want:
             msg = f"shape {list(t.shape)} is not (batch, *{list(want)}) at cut {k}"
             raise WireError(msg, 422, "tensor.shape")
-        need = get_codec(t.codec).payload_size(t.shape)
-        if len(payload) != need:
-            msg = f"payload is {len(payload)} bytes, codec {t.codec} needs {need}"
+        codec = get_codec(t.codec)
+        need = codec.payload_size(t.shape)  # exact, or an upper bound for variable-size codecs
+        if len(payload) != need if codec.fixed_size else len(payload) > need:
+            relation = "needs" if codec.fixed_size else "allows at most"
+            msg = f"payload is {len(payload)} bytes, codec {t.codec} {relation} {need}"
             raise WireError(msg, 422, "payload")
 
     def _check_plan(self, header: RequestHeader) -> None:

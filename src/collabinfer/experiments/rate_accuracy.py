@@ -1,0 +1,174 @@
+"""Rate vs accuracy: what each way of crossing the link costs in bytes and accuracy.
+
+Three families, all measured on the same Fashion-MNIST test images, one input
+at a time through a real codec (rate = payload bytes on the wire; the header
+is reported separately):
+
+* **input offloading**: the image as 8-bit pixels, PNG, lossless WebP, and
+  JPEG / WebP at a sweep of qualities; the full model runs on the decoded image;
+* **features at every cut**: fp32 / fp16 / int8 (per tensor) of the full
+  model's activations, decoded and fed to the tail;
+* **learned bottleneck**: head distillation (beta = 0) and supervised
+  compression at a sweep of beta, latents entropy-coded under the learned
+  prior (:mod:`collabinfer.codec.entropy`).
+
+Bottlenecks are trained on the training split and checked on validation;
+the test images are only encoded and classified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from collabinfer.codec import Codec, get_codec
+from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.model.blocks import BlockNet
+
+ProgressFn = Callable[[str, int, int], None]
+
+QUALITIES = (10, 25, 50, 75, 90, 95)
+INPUT_CODECS = (
+    "u8",
+    "png",
+    "webp-lossless",
+    *(f"{fmt}-q{q}" for fmt in ("jpeg", "webp") for q in QUALITIES),
+)
+FEATURE_CODECS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Point:
+    method: str  # "input", "features", "bottleneck-hd", "bottleneck-sc"
+    cut: int
+    setting: str  # codec name, or e.g. "beta=0.1"
+    bytes_per_input: float  # payload bytes, mean over inputs
+    accuracy: float
+    header_bytes_per_input: float = 0.0
+
+
+@dataclass(frozen=True)
+class RateAccuracyResult:
+    points: tuple[Point, ...]
+    reference_accuracy: float
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "points": [dataclasses.asdict(p) for p in self.points],
+            "reference_accuracy": self.reference_accuracy,
+            "conditions": self.conditions,
+        }
+
+
+@torch.inference_mode()
+def codec_point(
+    method: str,
+    cut: int,
+    setting: str,
+    codec: Codec,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    tail: Callable[[torch.Tensor], torch.Tensor],
+    data: Dataset,
+    batch_size: int = 250,
+) -> Point:
+    """Encode each input's tensor at the cut on its own (batch 1), decode, classify."""
+    correct, payload, header = 0, 0, 0
+    for i in range(0, len(data), batch_size):
+        z = head(data.images[i : i + batch_size])
+        decoded = []
+        for j in range(z.shape[0]):
+            enc = codec.encode(z[j : j + 1])
+            payload += enc.payload_bytes
+            header += enc.header_bytes
+            decoded.append(codec.decode(enc))
+        logits = tail(torch.cat(decoded))
+        correct += int((logits.argmax(1) == data.labels[i : i + batch_size]).sum())
+    n = len(data)
+    return Point(method, cut, setting, payload / n, correct / n, header / n)
+
+
+def input_points(
+    model: BlockNet,
+    data: Dataset,
+    codecs: Sequence[str] = INPUT_CODECS,
+    progress: ProgressFn | None = None,
+) -> list[Point]:
+    out = []
+    for i, name in enumerate(codecs):
+        out.append(codec_point("input", 0, name, get_codec(name), lambda x: x, model, data))
+        if progress:
+            progress("input codecs", i + 1, len(codecs))
+    return out
+
+
+def feature_points(
+    model: BlockNet,
+    data: Dataset,
+    codecs: Sequence[str] = FEATURE_CODECS,
+    cuts: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+) -> list[Point]:
+    cuts = list(cuts) if cuts is not None else list(range(1, model.num_blocks))
+    out = []
+    total = len(cuts) * len(codecs)
+    for a, k in enumerate(cuts):
+        for b, name in enumerate(codecs):
+            head, tail = _split(model, k)
+            out.append(codec_point("features", k, name, get_codec(name), head, tail, data))
+            if progress:
+                progress("feature cuts", a * len(codecs) + b + 1, total)
+    return out
+
+
+def _split(
+    model: BlockNet, k: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    def head(x: torch.Tensor) -> torch.Tensor:
+        return model.run_until(x, k)
+
+    def tail(z: torch.Tensor) -> torch.Tensor:
+        return model.run_from(z, k)
+
+    return head, tail
+
+
+@torch.inference_mode()
+def accuracy(model: BlockNet, data: Dataset, batch_size: int = 500) -> float:
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        correct += int(
+            (
+                model(data.images[i : i + batch_size]).argmax(1) == data.labels[i : i + batch_size]
+            ).sum()
+        )
+    return correct / len(data)
+
+
+def best_under(points: Sequence[Point], min_accuracy: float, method_prefix: str) -> Point | None:
+    """The cheapest point of a family that keeps at least ``min_accuracy``."""
+    ok = [p for p in points if p.method.startswith(method_prefix) and p.accuracy >= min_accuracy]
+    return min(ok, key=lambda p: p.bytes_per_input) if ok else None
+
+
+def summary(result: RateAccuracyResult, tolerance: float = 0.005) -> dict[str, Any]:
+    """The issue's target: a bottleneck within ``tolerance`` of the reference at
+    <= 10 % of the bytes of the best input codec that also stays within it."""
+    floor = result.reference_accuracy - tolerance
+    inp = best_under(result.points, floor, "input")
+    bn = best_under(result.points, floor, "bottleneck")
+    ratio = bn.bytes_per_input / inp.bytes_per_input if (inp and bn) else float("nan")
+    return {
+        "accuracy_floor": floor,
+        "best_input": dataclasses.asdict(inp) if inp else None,
+        "best_bottleneck": dataclasses.asdict(bn) if bn else None,
+        "bytes_ratio": ratio,
+        "median_bytes": float(np.median([p.bytes_per_input for p in result.points]))
+        if result.points
+        else 0.0,
+    }

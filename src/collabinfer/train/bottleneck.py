@@ -1,0 +1,267 @@
+"""Recipes for a learned bottleneck at the split (paper, Section 2.1.1).
+
+1. **Head distillation** (Matsubara et al.): the encoder-decoder learns to
+   reproduce the frozen teacher's features at ``target_cut`` (MSE), so the
+   teacher's tail runs unchanged on the decoded features. No rate term; the
+   prior is fitted afterwards so the latents can still be entropy-coded.
+2. **Supervised compression** (Entropic Student style, Matsubara et al. 2022):
+   starting from (1), minimise ``distillation + beta * bits`` where bits come
+   from the learned factorised prior on noisy latents; then a short fine-tune
+   of the tail on the decoded features. Sweeping ``beta`` gives the
+   rate-accuracy curve.
+
+Everything is tuned on the validation split; checkpoints are cached by a hash
+of the config, the teacher's weights and the data, like the classifier recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.errors import ConfigError
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.bottleneck import Bottleneck, bottleneck_net
+from collabinfer.model.checkpoint import (
+    Checkpoint,
+    config_key,
+    default_cache_dir,
+    load_checkpoint,
+    save_checkpoint,
+    weights_hash,
+)
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class BottleneckConfig:
+    target_cut: int = 4  # fmnist-resnet: after res2a, 32x14x14
+    channels: int = 8
+    hidden: int = 32
+    distill_epochs: int = 2
+    rate_epochs: int = 2  # supervised compression, tail frozen
+    tail_epochs: int = 1  # then tail fine-tune, everything trained
+    beta: float = 0.0  # weight of bits per input pixel; 0 = head distillation only
+    lr: float = 2e-3
+    batch_size: int = 128
+    kd_temperature: float = 2.0
+    train_subset: int = 0  # 0 = the whole training split
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.beta < 0 or self.distill_epochs < 0:
+            raise ConfigError("channels >= 1, beta >= 0 and epochs >= 0 are required")
+
+
+@dataclass(frozen=True)
+class TrainedBottleneck:
+    net: BlockNet  # encoder | decoder | tail
+    bottleneck: Bottleneck
+    config: BottleneckConfig
+    metrics: dict[str, float]
+    path: Path | None
+    reused: bool
+    key: str = ""
+
+
+def _batches(data: Dataset, batch_size: int, g: torch.Generator):
+    perm = torch.randperm(len(data), generator=g)
+    for i in range(0, len(data), batch_size):
+        idx = perm[i : i + batch_size]
+        yield data.images[idx], data.labels[idx]
+
+
+def _fit_prior(
+    bn: Bottleneck, data: Dataset, steps: int, batch_size: int, g: torch.Generator
+) -> None:
+    """Fit only the prior to the (frozen) encoder's rounded latents (max likelihood)."""
+    opt = torch.optim.Adam(bn.prior.parameters(), lr=0.05)
+    bn.eval()
+    step = 0
+    while step < steps:
+        for x, _ in _batches(data, batch_size, g):
+            with torch.no_grad():
+                y = torch.round(bn.encoder(x))
+            loss = bn.prior.bits(y).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+
+
+def train_bottleneck(
+    config: BottleneckConfig,
+    teacher: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    progress: ProgressFn | None = None,
+    init: Bottleneck | None = None,
+) -> tuple[BlockNet, Bottleneck, dict[str, float]]:
+    """Train a bottleneck for ``teacher`` at ``config.target_cut`` (see module docstring)."""
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    if config.train_subset:
+        train = train.subset(config.train_subset, config.seed)
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    cut = config.target_cut
+    shape = teacher.cut_points()[cut].shape
+    if len(shape) != 3:
+        raise ConfigError(f"target_cut {cut} carries shape {shape}; a feature map is needed")
+    bn = (
+        copy.deepcopy(init)
+        if init is not None
+        else Bottleneck(config.channels, shape[0], shape[1], config.hidden)
+    )
+    tail = copy.deepcopy(teacher)
+    pixels = float(torch.tensor(teacher.input_shape).prod())
+    stats: dict[str, float] = {}
+    t0 = time.perf_counter()
+    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * (
+        (config.distill_epochs if init is None else 0) + config.rate_epochs + config.tail_epochs
+    )
+    step = 0
+
+    def tick(phase: str, loss: float) -> None:
+        nonlocal step
+        step += 1
+        if progress is not None:
+            progress(phase, step, total, {"loss": loss})
+
+    # 1. head distillation
+    if init is None and config.distill_epochs:
+        opt = torch.optim.Adam(
+            list(bn.encoder.parameters()) + list(bn.decoder.parameters()), lr=config.lr
+        )
+        for _ in range(config.distill_epochs):
+            bn.train()
+            for x, _ in _batches(train, config.batch_size, g):
+                with torch.no_grad():
+                    target = teacher.run_until(x, cut)
+                feats, _ = bn(x)
+                loss = F.mse_loss(feats, target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tick("distill", float(loss.detach()))
+        _fit_prior(bn, train, 200, config.batch_size, g)
+    # 2. supervised compression: KD + beta * bits, tail frozen, then tail fine-tune
+    temp = config.kd_temperature
+    for phase, epochs in (("rate", config.rate_epochs), ("tail", config.tail_epochs)):
+        if not epochs:
+            continue
+        params = list(bn.parameters())
+        if phase == "tail":
+            tail_params = [p for b in tail.blocks[cut:] for p in b.parameters()]
+            for p in tail_params:
+                p.requires_grad_(True)
+            params += tail_params
+        opt = torch.optim.Adam(params, lr=config.lr if phase == "rate" else config.lr / 4)
+        for _ in range(epochs):
+            bn.train()
+            tail.eval()  # BatchNorm statistics stay the teacher's
+            for x, _y in _batches(train, config.batch_size, g):
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                feats, bits = bn(x)
+                logits = tail.run_from(feats, cut)
+                kd = (
+                    F.kl_div(
+                        F.log_softmax(logits / temp, 1),
+                        F.softmax(t_logits / temp, 1),
+                        reduction="batchmean",
+                    )
+                    * temp
+                    * temp
+                )
+                loss = kd + config.beta * bits.mean() / pixels
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tick(phase, float(loss.detach()))
+    for p in tail.parameters():
+        p.requires_grad_(False)
+    bn.eval()
+    net = bottleneck_net(bn, tail, cut).eval()
+    stats.update(evaluate_bottleneck(net, bn, val))
+    stats["train_seconds"] = time.perf_counter() - t0
+    return net, bn, stats
+
+
+@torch.no_grad()
+def evaluate_bottleneck(
+    net: BlockNet, bn: Bottleneck, data: Dataset, batch_size: int = 500
+) -> dict[str, float]:
+    """Accuracy and the prior's estimated bits (the real bytes come from the codec)."""
+    net.eval()
+    bn.eval()
+    correct, bits = 0, 0.0
+    for i in range(0, len(data), batch_size):
+        x, y = data.images[i : i + batch_size], data.labels[i : i + batch_size]
+        correct += int((net(x).argmax(1) == y).sum())
+        bits += float(bn.prior.bits(torch.round(bn.encoder(x))).sum())
+    return {"val_acc": correct / len(data), "val_est_bytes": bits / 8 / len(data)}
+
+
+def train_or_load_bottleneck(
+    config: BottleneckConfig,
+    teacher: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    cache: Path | None = None,
+    progress: ProgressFn | None = None,
+    init: TrainedBottleneck | None = None,
+) -> TrainedBottleneck:
+    """Cached by config + teacher weights + data (+ the init it started from)."""
+    key_src = dataclasses.asdict(config) | {
+        "teacher": weights_hash(teacher),
+        "init": init.key if init else "",
+    }
+    key = config_key(key_src, train.digest)
+    path = (cache or default_cache_dir()) / "checkpoints" / f"bottleneck-{key}.pt"
+    shape = teacher.cut_points()[config.target_cut].shape
+    if path.exists():
+        ck = load_checkpoint(path, model_name="bottleneck", key=key)
+        bn = Bottleneck(config.channels, shape[0], shape[1], config.hidden)
+        tail = copy.deepcopy(teacher)
+        bn.load_state_dict({k[3:]: v for k, v in ck.state_dict.items() if k.startswith("bn.")})
+        tail.load_state_dict({k[5:]: v for k, v in ck.state_dict.items() if k.startswith("tail.")})
+        bn.eval()
+        net = bottleneck_net(bn, tail.eval(), config.target_cut).eval()
+        return TrainedBottleneck(net, bn, config, ck.metrics, path, True, key)
+    net, bn, stats = train_bottleneck(
+        config, teacher, train, val, progress, init.bottleneck if init else None
+    )
+    tail_state = {
+        f"tail.{k}": v
+        for k, v in BlockNet(
+            list(
+                zip(teacher.block_names, _tail_blocks(net, teacher, config.target_cut), strict=True)
+            ),
+            teacher.input_shape,
+        )
+        .state_dict()
+        .items()
+    }
+    state = {f"bn.{k}": v.clone() for k, v in bn.state_dict().items()} | tail_state
+    save_checkpoint(path, Checkpoint("bottleneck", key, dataclasses.asdict(config), stats, state))
+    return TrainedBottleneck(net, bn, config, stats, path, False, key)
+
+
+def _tail_blocks(net: BlockNet, teacher: BlockNet, cut: int) -> list[nn.Module]:
+    """The teacher's head blocks (unchanged) followed by the (possibly fine-tuned) tail."""
+    return list(teacher.blocks[:cut]) + list(net.blocks[2:])
