@@ -296,6 +296,56 @@ def demo(
     console.print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
+experiment_app = typer.Typer(
+    no_args_is_help=True, help="Run one experiment; write JSON, markdown, plots."
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("rate-accuracy")
+def rate_accuracy_cmd(
+    out: Annotated[Path, typer.Option(help="write rate_accuracy.json/.md/.png here")] = Path(
+        "results/rate-accuracy"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="2,000 test images, smaller training, 2 betas")
+    ] = False,
+    data: DataOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Accuracy vs bytes per input: image codecs, features at every cut, learned bottlenecks."""
+    import torch
+
+    from collabinfer.data import load_split
+    from collabinfer.experiments.rate_accuracy import RateAccuracyConfig, run_rate_accuracy
+    from collabinfer.report.rate_accuracy import write_rate_accuracy
+
+    t0 = time.perf_counter()
+    try:
+        cfg = RateAccuracyConfig.make(quick)
+        teacher = train_models(["fmnist-resnet"], data, cache)["fmnist-resnet"][0]
+        train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
+        torch.set_num_threads(1)
+        with _progress() as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def cb(name: str, i: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = progress.add_task(name, total=total, info="")
+                progress.update(tasks[name], completed=i, total=total)
+
+            def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+                cb("train bottlenecks", step, total)
+
+            result = run_rate_accuracy(cfg, teacher, train, val, test, cache, cb, tcb)
+        paths = write_rate_accuracy(result, out)
+    except CollabInferError as exc:
+        raise _fail(exc) from exc
+    console.print((out / "rate_accuracy.md").read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print(f"done in {time.perf_counter() - t0:.0f} s")
+
+
 @app.command("report")
 def report_cmd(
     out: Annotated[Path, typer.Argument(help="a folder written by `demo --out`")],

@@ -172,3 +172,118 @@ def summary(result: RateAccuracyResult, tolerance: float = 0.005) -> dict[str, A
         if result.points
         else 0.0,
     }
+
+
+@dataclass(frozen=True)
+class RateAccuracyConfig:
+    """``quick``: a 2,000-image test subset, bottlenecks trained on 20k images, 2 betas."""
+
+    quick: bool = False
+    num_inputs: int = 10_000
+    subset_seed: int = 0
+    betas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.5)
+    target_cut: int = 4
+    channels: int = 8
+    train_subset: int = 0
+    distill_epochs: int = 2
+    rate_epochs: int = 2
+    tail_epochs: int = 1
+
+    @classmethod
+    def make(cls, quick: bool) -> RateAccuracyConfig:
+        if quick:
+            return cls(
+                quick=True,
+                num_inputs=2000,
+                betas=(0.05, 0.2),
+                train_subset=20_000,
+                rate_epochs=1,
+                tail_epochs=1,
+            )
+        return cls()
+
+
+def run_rate_accuracy(
+    cfg: RateAccuracyConfig,
+    teacher: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    cache: Any = None,
+    progress: ProgressFn | None = None,
+    train_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> RateAccuracyResult:
+    """Every family on the same test inputs; bottlenecks trained (or reused) first."""
+    from collabinfer.model.bottleneck import deploy
+    from collabinfer.train.bottleneck import BottleneckConfig, train_or_load_bottleneck
+
+    data = test.subset(cfg.num_inputs, cfg.subset_seed)
+    base = BottleneckConfig(
+        target_cut=cfg.target_cut,
+        channels=cfg.channels,
+        train_subset=cfg.train_subset,
+        distill_epochs=cfg.distill_epochs,
+        rate_epochs=0,
+        tail_epochs=0,
+    )
+    hd = train_or_load_bottleneck(base, teacher, train, val, cache, train_progress)
+    trained = [("bottleneck-hd", 0.0, hd)]
+    for beta in cfg.betas:
+        sc_cfg = dataclasses.replace(
+            base, beta=beta, rate_epochs=cfg.rate_epochs, tail_epochs=cfg.tail_epochs
+        )
+        trained.append(
+            (
+                "bottleneck-sc",
+                beta,
+                train_or_load_bottleneck(
+                    sc_cfg, teacher, train, val, cache, train_progress, init=hd
+                ),
+            )
+        )
+    points: list[Point] = []
+    points += input_points(teacher, data, progress=progress)
+    points += feature_points(teacher, data, progress=progress)
+    bn_meta = []
+    for i, (method, beta, tb) in enumerate(trained):
+        dep = deploy(tb.net, tb.bottleneck, tb.key[:8])
+        head, tail = _split(tb.net, 1)
+        p = codec_point(method, cfg.target_cut, f"beta={beta:g}", dep.codec, head, tail, data)
+        points.append(p)
+        bn_meta.append(
+            {
+                "method": method,
+                "beta": beta,
+                "val_acc": tb.metrics.get("val_acc"),
+                "checkpoint": str(tb.path),
+                "codec": dep.codec_name,
+            }
+        )
+        if progress:
+            progress("bottlenecks", i + 1, len(trained))
+    conditions = {
+        "config": dataclasses.asdict(cfg),
+        "num_inputs": len(data),
+        "rate": "payload bytes per input, mean; headers in header_bytes_per_input",
+        "bottlenecks": bn_meta,
+        "encoder": _encoder_cost(trained[-1][2].net),
+    }
+    return RateAccuracyResult(tuple(points), accuracy(teacher, data), conditions)
+
+
+def _encoder_cost(net: BlockNet) -> dict[str, float]:
+    """Device-side encoder and server-side decoder: params, FLOPs, batch-1 ms (this CPU)."""
+    from collabinfer.plan.profile import profile_model
+
+    prof = profile_model(
+        net, "bottleneck", repeats=30, input_codecs=("u8",), feature_codecs=("fp32",)
+    )
+    enc, dec = prof.blocks[0], prof.blocks[1]
+    return {
+        "encoder_params": enc.params,
+        "encoder_mflops": enc.flops / 1e6,
+        "encoder_ms": enc.time_ms,
+        "decoder_params": dec.params,
+        "decoder_mflops": dec.flops / 1e6,
+        "decoder_ms": dec.time_ms,
+    }

@@ -20,12 +20,17 @@ like any other model; the codec at that cut is made by
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from collabinfer.errors import ModelError
 from collabinfer.model.blocks import BlockNet
+
+if TYPE_CHECKING:
+    from collabinfer.codec import Codec
 
 
 class Encoder(nn.Module):
@@ -157,3 +162,38 @@ def bottleneck_net(bottleneck: Bottleneck, teacher: BlockNet, target_cut: int) -
 class _Round(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return torch.round(y)
+
+
+@dataclass(frozen=True)
+class DeployedBottleneck:
+    """A trained bottleneck made deployable: the BlockNet and the entropy codec for cut 1."""
+
+    net: BlockNet
+    codec: Codec
+    codec_name: str
+
+
+def deploy(
+    net: BlockNet, bottleneck: Bottleneck, tag: str, precision: int = 16
+) -> DeployedBottleneck:
+    """The one explicit step from trained weights to something that can send bytes.
+
+    Builds integer frequency tables from the learned prior and registers an
+    :class:`~collabinfer.codec.entropy.EntropyCodec` named ``ent-<tag>`` (both
+    sides of a link derive the same tables from the same weights). Calling it
+    twice with the same tag and weights returns the registered codec.
+    """
+    from collabinfer.codec import get_codec, list_codecs, register_codec
+    from collabinfer.codec.entropy import EntropyCodec, FactorizedTables
+
+    offsets, probs = bottleneck.prior.probabilities()
+    tables = FactorizedTables.from_probabilities(probs, offsets, precision)
+    codec = EntropyCodec(tables, suffix=f"-{tag}")
+    if codec.name in list_codecs():
+        existing = get_codec(codec.name)
+        if getattr(existing, "tables", None) != tables:
+            raise ModelError(f"codec {codec.name} is registered with other tables")
+        codec = existing  # type: ignore[assignment]
+    else:
+        register_codec(codec)
+    return DeployedBottleneck(net, codec, codec.name)

@@ -55,6 +55,7 @@ class BottleneckConfig:
     lr: float = 2e-3
     batch_size: int = 128
     kd_temperature: float = 2.0
+    ce_weight: float = 0.5  # labels too, not only the teacher: recovers the last points
     train_subset: int = 0  # 0 = the whole training split
     seed: int = 0
 
@@ -174,7 +175,7 @@ def train_bottleneck(
         for _ in range(epochs):
             bn.train()
             tail.eval()  # BatchNorm statistics stay the teacher's
-            for x, _y in _batches(train, config.batch_size, g):
+            for x, labels in _batches(train, config.batch_size, g):
                 with torch.no_grad():
                     t_logits = teacher(x)
                 feats, bits = bn(x)
@@ -188,7 +189,8 @@ def train_bottleneck(
                     * temp
                     * temp
                 )
-                loss = kd + config.beta * bits.mean() / pixels
+                ce = F.cross_entropy(logits, labels)
+                loss = kd + config.ce_weight * ce + config.beta * bits.mean() / pixels
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
