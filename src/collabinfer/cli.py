@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -103,6 +103,48 @@ def train_models(
             )
             out[name] = (model, res)
     return out
+
+
+def bottleneck_candidate(
+    teacher: Any,
+    name: str,
+    teacher_metrics: dict[str, float],
+    data: Path | None,
+    cache: Path | None,
+) -> Any:
+    """Train (once) and deploy the default learned bottleneck; profile it on validation images."""
+    import torch
+
+    from collabinfer.data import load_split
+    from collabinfer.experiments.table1 import BottleneckCandidate
+    from collabinfer.model.bottleneck import deploy
+    from collabinfer.plan.profile import profile_model
+    from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
+
+    with _progress() as progress:
+        task = progress.add_task(f"train {name}{BOTTLENECK_SUFFIX}", total=None, info="")
+
+        def cb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+            progress.update(task, total=total, completed=step, info=f"{phase} {stats['loss']:.3f}")
+
+        tb = default_bottleneck(teacher, cache, data, cb)
+        progress.update(task, total=1, completed=1, info=f"val acc {tb.metrics['val_acc']:.2%}")
+    dep = deploy(tb.net, tb.bottleneck, tb.key[:8])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prof = profile_model(
+            dep.net,
+            name + BOTTLENECK_SUFFIX,
+            repeats=50,
+            cut_codecs={1: [dep.codec_name]},
+            byte_samples=load_split("val", data).images[:200],
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return BottleneckCandidate(
+        name + BOTTLENECK_SUFFIX, dep.net, prof, tb.metrics["val_acc"], teacher_metrics["val_acc"]
+    )
 
 
 @app.command()
@@ -217,6 +259,9 @@ def demo(
     local_model: Annotated[
         str, typer.Option("--local-model", help="the model LC runs on the device")
     ] = "fmnist-small",
+    bottleneck: Annotated[
+        bool, typer.Option(help="offer the learned bottleneck to the collabinfer row")
+    ] = True,
     private: Annotated[
         bool, typer.Option(help="split rows keep the raw input on the device")
     ] = True,
@@ -241,12 +286,18 @@ def demo(
             full_model=model,
             local_model=local_model,
             real_sockets=not simulate,
+            bottleneck=bottleneck,
             real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             device_factor=device_factor if device_factor is not None else base.device_factor,
         )
         trained = train_models([cfg.full_model, cfg.local_model], data, cache)
         full, local = trained[cfg.full_model][0], trained[cfg.local_model][0]
+        candidate = None
+        if cfg.bottleneck:
+            candidate = bottleneck_candidate(
+                full, cfg.full_model, trained[cfg.full_model][1].metrics, data, cache
+            )
         torch.set_num_threads(1)  # batch-1 timing on one core: stable, and fair to a device
         console.print("profiling both models (batch 1, one thread)...")
         full_prof = profile_model(full, cfg.full_model, repeats=50)
@@ -271,6 +322,7 @@ def demo(
                 progress=cb,
                 cache=cache,
                 log_dir=(out / "logs") if out else None,
+                bottleneck=candidate,
             )
     except CollabInferError as exc:
         raise _fail(exc) from exc

@@ -85,6 +85,8 @@ class Table1Config:
     recovery_s: float = 2.0
     real_sockets: bool = True  # the collabinfer row over real servers, relays and sockets
     real_inputs: int = 1000  # how many of the inputs the real-socket row runs (wall time!)
+    bottleneck: bool = True  # offer the learned bottleneck to the collabinfer row
+    bottleneck_max_drop: float = 0.01  # validation accuracy it may lose against the teacher
     link_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +126,40 @@ class Table1Result:
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"conditions": self.conditions, "rows": [dataclasses.asdict(r) for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class BottleneckCandidate:
+    """A deployed learned bottleneck the collabinfer row may use instead of plain cuts."""
+
+    name: str  # the model id on the wire, e.g. fmnist-resnet+bn
+    net: BlockNet
+    profile: Profile  # with the entropy codec at cut 1, bytes measured on validation images
+    val_accuracy: float
+    teacher_val_accuracy: float
+
+    def wins(
+        self,
+        cfg: Table1Config,
+        full_profile: Profile,
+        tiers: list[TierSpec],
+        links: list[LinkProfile],
+        min_device_blocks: int,
+    ) -> tuple[bool, str]:
+        """Use it when its best plan is predicted faster at the mean link *and* its
+        validation accuracy is within ``cfg.bottleneck_max_drop`` of the teacher's."""
+        plain = Planner(full_profile, tiers, min_device_blocks=min_device_blocks).plan(links)
+        learned = Planner(self.profile, tiers, min_device_blocks=min_device_blocks).plan(links)
+        drop = self.teacher_val_accuracy - self.val_accuracy
+        faster = learned.predicted.latency_ms < plain.predicted.latency_ms
+        ok = drop <= cfg.bottleneck_max_drop
+        why = (
+            f"predicted {learned.predicted.latency_ms:.1f} ms vs "
+            f"{plain.predicted.latency_ms:.1f} ms "
+            f"for plain cuts at the mean link; validation accuracy {self.val_accuracy:.2%} vs "
+            f"teacher {self.teacher_val_accuracy:.2%} (allowed drop {cfg.bottleneck_max_drop:.1%})"
+        )
+        return faster and ok, why
 
 
 def build_trace(cfg: Table1Config, duration_s: float) -> BandwidthTrace | None:
@@ -211,6 +247,7 @@ def run_table1(
     paradigms: tuple[str, ...] = PARADIGMS,
     cache: Path | None = None,
     log_dir: Path | None = None,
+    bottleneck: BottleneckCandidate | None = None,
 ) -> Table1Result:
     """Run every row on the same inputs, trace and tiers; return rows + latency samples."""
     unknown = set(paradigms) - set(PARADIGMS)
@@ -236,6 +273,12 @@ def run_table1(
     rows: list[Row] = []
     samples: dict[str, list[float]] = {}
     extra: dict[str, Any] = {}
+    ci_model, ci_profile, ci_name = full, full_profile, cfg.full_model
+    if bottleneck is not None:
+        use, why = bottleneck.wins(cfg, full_profile, tiers3, [mean_access, wan], min_dev)
+        extra["collabinfer_bottleneck"] = {"used": use, "why": why, "model": bottleneck.name}
+        if use:
+            ci_model, ci_profile, ci_name = bottleneck.net, bottleneck.profile, bottleneck.name
     for paradigm in paradigms:
         if paradigm == "LC":
             lc_tiers = tiers3[:1]
@@ -265,17 +308,17 @@ def run_table1(
 
             real_data = data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
             row, lat, info = run_real_row(
-                cfg, full, full_profile, real_data, trace, cache, progress, log_dir
+                cfg, ci_model, ci_profile, real_data, trace, cache, progress, log_dir, ci_name
             )
             extra.update(info)
         else:
-            planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
+            planner = Planner(ci_profile, tiers3, min_device_blocks=min_dev)
             estimators = [
                 LinkEstimator(access, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
                 LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
             ]
             policy = AdaptivePolicy(planner, estimators)
-            row, lat = _run_row(paradigm, full, tiers3, links3(), policy, data, cfg, progress)
+            row, lat = _run_row(paradigm, ci_model, tiers3, links3(), policy, data, cfg, progress)
         rows.append(row)
         samples[paradigm] = lat
     conditions = {

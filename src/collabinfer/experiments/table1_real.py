@@ -112,12 +112,14 @@ def run_real_row(
     cache: Path | None,
     progress: ProgressFn | None = None,
     log_dir: Path | None = None,
+    model_name: str | None = None,
 ):
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
     from collabinfer.experiments.table1 import Row
     from collabinfer.serve.client import DeviceClient
     from collabinfer.serve.relay import RelayThread
 
+    model_name = model_name or cfg.full_model
     access, wan = get_profile(cfg.link), get_profile(cfg.wan)
     tiers = [
         TierSpec("device", cfg.device_factor, "IoT-class camera board (emulated by sleeping)"),
@@ -130,7 +132,7 @@ def run_real_row(
     cloud_port, edge_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         cloud = stack.enter_context(
-            tier_process("cloud", cfg.full_model, cloud_port, None, cache, log("cloud"))
+            tier_process("cloud", model_name, cloud_port, None, cache, log("cloud"))
         )
         wan_host, wan_port = stack.enter_context(
             RelayThread(_hostport(cloud), wan, seed=cfg.link_seed + 1)
@@ -138,7 +140,7 @@ def run_real_row(
         edge = stack.enter_context(
             tier_process(
                 "edge",
-                cfg.full_model,
+                model_name,
                 edge_port,
                 f"http://{wan_host}:{wan_port}",
                 cache,
@@ -157,7 +159,7 @@ def run_real_row(
         async def go():
             async with DeviceClient(
                 full,
-                cfg.full_model,
+                model_name,
                 f"http://{acc_host}:{acc_port}",
                 planner,
                 estimators,

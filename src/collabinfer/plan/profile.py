@@ -10,6 +10,7 @@ codec at each cut, plus the header that crosses the wire with them.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -130,8 +131,16 @@ def profile_model(
     input_codecs: Sequence[str] = INPUT_CODECS,
     feature_codecs: Sequence[str] = FEATURE_CODECS,
     sample: torch.Tensor | None = None,
+    cut_codecs: dict[int, Sequence[str]] | None = None,
+    byte_samples: torch.Tensor | None = None,
 ) -> Profile:
-    """Measure ``net`` block by block at batch 1 on this CPU."""
+    """Measure ``net`` block by block at batch 1 on this CPU.
+
+    ``cut_codecs`` adds codecs at particular cuts (a learned bottleneck's entropy
+    codec only fits its own latent). Variable-size codecs need real inputs for a
+    representative byte count: with ``byte_samples`` (N real inputs) every
+    payload size is the mean over those inputs, each encoded on its own.
+    """
     if repeats < 1:
         raise ConfigError("repeats must be >= 1")
     net.eval()
@@ -175,13 +184,19 @@ def profile_model(
             if k == 0
             else ("output" if k == net.num_blocks else f"after_{net.block_names[k - 1]}")
         )
-        names = input_codecs if k == 0 else feature_codecs
+        names = list(input_codecs if k == 0 else feature_codecs)
+        names += [c for c in (cut_codecs or {}).get(k, ()) if c not in names]
         costs: dict[str, CodecCost] = {}
         for cname in names:
             codec = get_codec(cname)
             enc = codec.encode(z)
+            payload = enc.payload_bytes
+            if byte_samples is not None:
+                zs = net.run_until(byte_samples, k)
+                sizes = [codec.encode(zs[i : i + 1]).payload_bytes for i in range(zs.shape[0])]
+                payload = math.ceil(sum(sizes) / len(sizes))
             costs[cname] = CodecCost(
-                payload_bytes=enc.payload_bytes,
+                payload_bytes=payload,
                 header_bytes=enc.header_bytes,
                 encode_ms=_median_ms(lambda c=codec, z=z: c.encode(z), max(3, repeats // 3)),
                 decode_ms=_median_ms(lambda c=codec, e=enc: c.decode(e), max(3, repeats // 3)),

@@ -79,6 +79,15 @@ def markdown(data: dict[str, Any]) -> str:
         "- Split rows keep the raw input on the device: "
         + ("yes (privacy constraint)." if cond["private_splits"] else "no."),
         "",
+    ]
+    bn = cond.get("collabinfer_bottleneck")
+    if bn:
+        verdict = "uses" if bn["used"] else "does not use"
+        lines.append(
+            f"- The collabinfer row {verdict} the learned bottleneck `{bn['model']}`: {bn['why']}."
+        )
+    lines += [
+        "",
         "## Plans",
         "",
     ]

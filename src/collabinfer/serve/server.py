@@ -141,6 +141,10 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     Every tier of one deployment must load the same weights (the header carries
     their hash), so untrained models are seeded: the same seed gives the same hash.
     """
+    from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX
+
+    if name.endswith(BOTTLENECK_SUFFIX):  # e.g. fmnist-resnet+bn: the deployed bottleneck
+        return _load_bottleneck(name.removesuffix(BOTTLENECK_SUFFIX), untrained, seed)
     model_spec(name)  # unknown name: ModelError listing the zoo
     if untrained:
         torch.manual_seed(seed)
@@ -155,6 +159,21 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     except (CheckpointError, DataError) as e:
         raise CollabInferError(f"no trained checkpoint for {name!r} ({e}): {hint}") from None
     return model
+
+
+def _load_bottleneck(base: str, untrained: bool, seed: int) -> BlockNet:
+    """The teacher's tail behind the default learned bottleneck, its codec registered."""
+    from collabinfer.model.bottleneck import deploy
+    from collabinfer.train.bottleneck import default_bottleneck
+
+    if untrained:
+        raise ConfigError("a bottleneck deployment needs trained weights; drop --untrained")
+    teacher = load_served_model(base)
+    try:
+        tb = default_bottleneck(teacher, train=False)
+    except (CheckpointError, DataError) as e:
+        raise CollabInferError(str(e)) from None
+    return deploy(tb.net, tb.bottleneck, tb.key[:8]).net
 
 
 def serve_main(
