@@ -366,7 +366,6 @@ def rate_accuracy_cmd(
     cache: CacheOpt = None,
 ) -> None:
     """Accuracy vs bytes per input: image codecs, features at every cut, learned bottlenecks."""
-    import torch
 
     from collabinfer.data import load_split
     from collabinfer.experiments.rate_accuracy import RateAccuracyConfig, run_rate_accuracy
@@ -377,7 +376,6 @@ def rate_accuracy_cmd(
         cfg = RateAccuracyConfig.make(quick)
         teacher = train_models(["fmnist-resnet"], data, cache)["fmnist-resnet"][0]
         train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
-        torch.set_num_threads(1)
         with _progress() as progress:
             tasks: dict[str, TaskID] = {}
 

@@ -23,6 +23,7 @@ def result(tmp_path_factory: pytest.TempPathFactory):
         betas=(0.1,),
         target_cut=2,
         channels=2,
+        hidden=8,
         distill_epochs=1,
         rate_epochs=1,
         tail_epochs=0,
