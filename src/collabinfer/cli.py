@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,19 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def _named_tasks(progress: Progress, every: int = 1) -> Callable[[str, int, int], None]:
+    """A ``(name, done, total)`` callback that keeps one progress bar per name."""
+    tasks: dict[str, TaskID] = {}
+
+    def cb(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, info="")
+        if done % every == 0 or done == total:
+            progress.update(tasks[name], completed=done, total=total)
+
+    return cb
 
 
 def _fail(exc: CollabInferError) -> typer.Exit:
@@ -304,14 +318,7 @@ def demo(
         local_prof = profile_model(local, cfg.local_model, repeats=50)
         test = load_split("test", data)
         with _progress() as progress:
-            tasks: dict[str, TaskID] = {}
-
-            def cb(paradigm: str, i: int, total: int) -> None:
-                if paradigm not in tasks:
-                    tasks[paradigm] = progress.add_task(paradigm, total=total, info="")
-                if i % 50 == 0 or i == total:
-                    progress.update(tasks[paradigm], completed=i)
-
+            cb = _named_tasks(progress, every=50)
             result = run_table1(
                 cfg,
                 full,
@@ -377,12 +384,7 @@ def rate_accuracy_cmd(
         teacher = train_models(["fmnist-resnet"], data, cache)["fmnist-resnet"][0]
         train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
         with _progress() as progress:
-            tasks: dict[str, TaskID] = {}
-
-            def cb(name: str, i: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = progress.add_task(name, total=total, info="")
-                progress.update(tasks[name], completed=i, total=total)
+            cb = _named_tasks(progress)
 
             def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
                 cb("train bottlenecks", step, total)
