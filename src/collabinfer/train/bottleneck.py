@@ -56,12 +56,15 @@ class BottleneckConfig:
     batch_size: int = 128
     kd_temperature: float = 2.0
     ce_weight: float = 0.5  # labels too, not only the teacher: recovers the last points
+    schedule: str = "cosine"  # per phase; part of the config so old checkpoints are not reused
     train_subset: int = 0  # 0 = the whole training split
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.beta < 0 or self.distill_epochs < 0:
             raise ConfigError("channels >= 1, beta >= 0 and epochs >= 0 are required")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"schedule must be 'cosine' or 'constant', not {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,12 @@ def train_bottleneck(
                 p.requires_grad_(True)
             params += tail_params
         opt = torch.optim.Adam(params, lr=config.lr if phase == "rate" else config.lr / 4)
+        # cosine decay within each phase: the last steps refine instead of bouncing
+        sched: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+            if config.schedule == "cosine"
+            else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        )
         for _ in range(epochs):
             bn.train()
             tail.eval()  # BatchNorm statistics stay the teacher's
@@ -194,6 +203,7 @@ def train_bottleneck(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 tick(phase, float(loss.detach()))
     for p in tail.parameters():
         p.requires_grad_(False)
