@@ -55,6 +55,8 @@ test: lint typecheck test-unit test-integration
 bench: install
 	$(PY) benchmarks/bench_planner.py
 	$(PY) benchmarks/bench_chain_overhead.py
+	$(PY) benchmarks/bench_server_hop.py
+	$(PY) benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

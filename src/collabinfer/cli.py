@@ -276,6 +276,9 @@ def demo(
     bottleneck: Annotated[
         bool, typer.Option(help="offer the learned bottleneck to the collabinfer row")
     ] = True,
+    bottleneck_max_drop: Annotated[
+        float, typer.Option(help="validation accuracy the bottleneck may lose to be used")
+    ] = 0.01,
     private: Annotated[
         bool, typer.Option(help="split rows keep the raw input on the device")
     ] = True,
@@ -301,6 +304,7 @@ def demo(
             local_model=local_model,
             real_sockets=not simulate,
             bottleneck=bottleneck,
+            bottleneck_max_drop=bottleneck_max_drop,
             real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             device_factor=device_factor if device_factor is not None else base.device_factor,
