@@ -45,12 +45,24 @@ def markdown(data: dict[str, Any]) -> str:
             f"**{s['bytes_ratio']:.1%}** of the bytes."
         )
     else:
-        lines.append(
-            "No bottleneck point is within 0.5 points of the reference"
-            if s["best_input"]
-            else "No input codec point is within 0.5 points of the reference"
-        )
-        lines.append("; see the table for the closest ones.")
+        bns = [p for p in res.points if p.method.startswith("bottleneck")]
+        best = max(bns, key=lambda p: (p.accuracy, -p.bytes_per_input)) if bns else None
+        text = "No bottleneck point is within 0.5 points of the reference."
+        if best is not None:
+            text += (
+                f" The most accurate, {best.method} {best.setting}, sends "
+                f"{best.bytes_per_input:.0f} B at {best.accuracy:.2%} "
+                f"({100 * (res.reference_accuracy - best.accuracy):.1f} points below)"
+            )
+            inp = s["best_input"]
+            if inp:
+                text += (
+                    f"; the cheapest input codec within 0.5 points, {inp['setting']}, sends "
+                    f"{inp['bytes_per_input']:.0f} B; the bottleneck sends "
+                    f"{best.bytes_per_input / inp['bytes_per_input']:.0%} of that"
+                )
+            text += "."
+        lines.append(text)
     enc = data["conditions"].get("encoder")
     if enc:
         lines += [
