@@ -130,3 +130,17 @@ def test_adaptive_policy_moves_the_cut_when_the_link_collapses(net, prof) -> Non
         last = chain.run(torch.rand(1, 1, 28, 28)).state.plan
     assert last is not None and last.boundaries[1] == net.num_blocks
     assert policy.plans_made == 7
+
+
+def test_emulated_tiers_are_charged_the_profile_not_one_cold_run(net, prof) -> None:
+    n = net.num_blocks
+    plan = _plan(prof, TIERS3[:2], (0, 2, n), ("fp32", None))
+    chain = Chain(net, TIERS3[:2], [MockLink(latency_s=0.01)], StaticPolicy(plan), profile=prof)
+    st = chain.run(torch.rand(1, 1, 28, 28)).state
+    for s in st.trace.steps:
+        if s.kind is StepKind.COMPUTE and s.tier == 0:  # device: factor 10, emulated
+            assert s.ms == pytest.approx(prof.blocks[s.block].time_ms * 10.0)
+        if s.kind is StepKind.COMPUTE and s.tier == 1:  # edge: factor 1, measured
+            assert s.ms == pytest.approx(s.wall_ms)
+    enc = next(s for s in st.trace.steps if s.kind is StepKind.ENCODE)
+    assert enc.ms == pytest.approx(prof.cuts[2].codecs["fp32"].encode_ms * 10.0)

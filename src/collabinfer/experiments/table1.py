@@ -192,8 +192,9 @@ def _run_row(
     data: Dataset,
     cfg: Table1Config,
     progress: ProgressFn | None,
+    profile: Profile,
 ) -> tuple[Row, list[float]]:
-    chain = Chain(model, tiers, links, policy)
+    chain = Chain(model, tiers, links, policy, profile=profile)
     lat: list[float] = []
     correct = 0
     sent = 0
@@ -284,24 +285,56 @@ def run_table1(
             lc_tiers = tiers3[:1]
             plan = fixed_plan(local_profile, lc_tiers, [], (0, local.num_blocks), (None,))
             row, lat = _run_row(
-                paradigm, local, lc_tiers, [], StaticPolicy(plan), data, cfg, progress
+                paradigm,
+                local,
+                lc_tiers,
+                [],
+                StaticPolicy(plan),
+                data,
+                cfg,
+                progress,
+                local_profile,
             )
         elif paradigm == "EC":
             tiers = tiers3[:2]
             plan = fixed_plan(full_profile, tiers, [access], (0, 0, n), ("u8", None))
             row, lat = _run_row(
-                paradigm, full, tiers, links3()[:1], StaticPolicy(plan), data, cfg, progress
+                paradigm,
+                full,
+                tiers,
+                links3()[:1],
+                StaticPolicy(plan),
+                data,
+                cfg,
+                progress,
+                full_profile,
             )
         elif paradigm == "CC":
             plan = fixed_plan(full_profile, tiers3, nominal, (0, 0, 0, n), ("u8", None, None))
             row, lat = _run_row(
-                paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress
+                paradigm,
+                full,
+                tiers3,
+                links3(),
+                StaticPolicy(plan),
+                data,
+                cfg,
+                progress,
+                full_profile,
             )
         elif paradigm == "static-split":
             planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
             plan = planner.plan([mean_access, wan])
             row, lat = _run_row(
-                paradigm, full, tiers3, links3(), StaticPolicy(plan), data, cfg, progress
+                paradigm,
+                full,
+                tiers3,
+                links3(),
+                StaticPolicy(plan),
+                data,
+                cfg,
+                progress,
+                full_profile,
             )
         elif cfg.real_sockets:
             from collabinfer.experiments.table1_real import run_real_row
@@ -318,7 +351,9 @@ def run_table1(
                 LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
             ]
             policy = AdaptivePolicy(planner, estimators)
-            row, lat = _run_row(paradigm, ci_model, tiers3, links3(), policy, data, cfg, progress)
+            row, lat = _run_row(
+                paradigm, ci_model, tiers3, links3(), policy, data, cfg, progress, ci_profile
+            )
         rows.append(row)
         samples[paradigm] = lat
     conditions = {
@@ -340,7 +375,8 @@ def run_table1(
         "private_splits": cfg.private_splits,
         "ewma_alpha": cfg.ewma_alpha,
         "full_model_device_ms": full_profile.total_ms() * cfg.device_factor,
-        "compute": "measured per block on this CPU at batch 1, times the tier speed factor",
+        "compute": "run on this CPU at batch 1; emulated tiers (factor != 1) are charged the "
+        "profiled median time x factor, tiers at factor 1 their measured time",
         "links": "SimulatedLink on a virtual clock (RTTs are assumptions, see link_profile.note)",
         "profile_measured_on": full_profile.measured_on,
         "config": dataclasses.asdict(cfg),

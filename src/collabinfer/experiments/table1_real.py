@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import Profile
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import BandwidthTrace, get_profile
+from collabinfer.runtime.link import BandwidthTrace, LinkProfile, get_profile
 from collabinfer.runtime.state import StepKind
 from collabinfer.runtime.tier import TierSpec
 
@@ -49,50 +50,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tier_process(
-    tier: str, model: str, port: int, next_url: str | None, cache: Path | None, log: Path | None
-) -> Iterator[str]:
-    """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "collabinfer.cli",
-        "serve",
-        "--tier",
-        tier,
-        "--model",
-        model,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    if next_url:
-        cmd += ["--next", next_url]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if cache is not None:
-        env["COLLABINFER_CACHE"] = str(cache)
+def _process(
+    what: str, cmd: list[str], ready: Callable[[], bool], env: dict[str, str], log: Path | None
+) -> Iterator[None]:
+    """Run ``cmd``; return once ``ready()``; terminate it on exit."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while True:
+        while not ready():
             if proc.poll() is not None:
-                raise TierError(
-                    f"the {tier} server exited with code {proc.returncode}"
-                    + (f"; see {log}" if log else "")
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if (
-                    httpx.get(f"{url}/v2/health/ready", timeout=1.0, trust_env=False).status_code
-                    == 200
-                ):
-                    break
+                where = f"; see {log}" if log else ""
+                raise TierError(f"the {what} exited with code {proc.returncode}{where}")
             if time.monotonic() > deadline:
-                raise TierError(f"the {tier} server did not become ready in 120 s")
+                raise TierError(f"the {what} did not become ready in 120 s")
             time.sleep(0.2)
-        yield url
+        yield
     finally:
         proc.terminate()
         try:
@@ -101,6 +74,78 @@ def tier_process(
             proc.kill()
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collabinfer.cli", *args]
+
+
+@contextlib.contextmanager
+def tier_process(
+    tier: str, model: str, port: int, next_url: str | None, cache: Path | None, log: Path | None
+) -> Iterator[str]:
+    """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready."""
+    cmd = _cli(
+        "serve", "--tier", tier, "--model", model, "--host", "127.0.0.1", "--port", str(port)
+    )
+    if next_url:
+        cmd += ["--next", next_url]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if cache is not None:
+        env["COLLABINFER_CACHE"] = str(cache)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/v2/health/ready", timeout=1.0, trust_env=False).is_success
+        except httpx.HTTPError:
+            return False
+
+    with _process(f"{tier} server", cmd, ready, env, log):
+        yield url
+
+
+@contextlib.contextmanager
+def relay_process(
+    target: str,
+    link: LinkProfile,
+    seed: int,
+    trace: BandwidthTrace | None,
+    log: Path | None,
+    workdir: Path,
+) -> Iterator[str]:
+    """``collabinfer relay`` in its own process (so its event loop does not share the
+    device's GIL); yields ``host:port`` once it accepts connections."""
+    port = free_port()
+    cmd = _cli(
+        "relay",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--target",
+        target,
+        "--bandwidth-mbps",
+        str(link.bandwidth_mbps),
+        "--rtt-ms",
+        str(link.rtt_ms),
+        "--jitter-ms",
+        str(link.jitter_ms),
+        "--seed",
+        str(seed),
+    )
+    if trace is not None:
+        csv = workdir / f"trace-{port}.csv"
+        trace.to_csv(csv)
+        cmd += ["--trace", str(csv)]
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    with _process(f"relay to {target}", cmd, ready, dict(os.environ), log):
+        yield f"127.0.0.1:{port}"
 
 
 def run_real_row(
@@ -117,7 +162,6 @@ def run_real_row(
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
     from collabinfer.experiments.table1 import Row
     from collabinfer.serve.client import DeviceClient
-    from collabinfer.serve.relay import RelayThread
 
     model_name = model_name or cfg.full_model
     access, wan = get_profile(cfg.link), get_profile(cfg.wan)
@@ -131,24 +175,32 @@ def run_real_row(
     log = (lambda name: log_dir / f"{name}.log") if log_dir else (lambda name: None)
     cloud_port, edge_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cloud = stack.enter_context(
             tier_process("cloud", model_name, cloud_port, None, cache, log("cloud"))
         )
-        wan_host, wan_port = stack.enter_context(
-            RelayThread(_hostport(cloud), wan, seed=cfg.link_seed + 1)
-        )
-        edge = stack.enter_context(
-            tier_process(
-                "edge",
-                model_name,
-                edge_port,
-                f"http://{wan_host}:{wan_port}",
-                cache,
-                log("edge"),
+        wan_at = stack.enter_context(
+            relay_process(
+                cloud.removeprefix("http://"),
+                wan,
+                cfg.link_seed + 1,
+                None,
+                log("relay-wan"),
+                workdir,
             )
         )
-        acc_host, acc_port = stack.enter_context(
-            RelayThread(_hostport(edge), access, trace=trace, seed=cfg.link_seed)
+        edge = stack.enter_context(
+            tier_process("edge", model_name, edge_port, f"http://{wan_at}", cache, log("edge"))
+        )
+        access_at = stack.enter_context(
+            relay_process(
+                edge.removeprefix("http://"),
+                access,
+                cfg.link_seed,
+                trace,
+                log("relay-access"),
+                workdir,
+            )
         )
         planner = Planner(full_profile, tiers, min_device_blocks=1 if cfg.private_splits else 0)
         estimators = [
@@ -160,7 +212,7 @@ def run_real_row(
             async with DeviceClient(
                 full,
                 model_name,
-                f"http://{acc_host}:{acc_port}",
+                f"http://{access_at}",
                 planner,
                 estimators,
                 deadline_s=5.0,
@@ -215,8 +267,3 @@ def run_real_row(
         }
     }
     return row, [r.latency_ms for r in results], info
-
-
-def _hostport(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)

@@ -35,6 +35,7 @@ from collabinfer.errors import ConfigError, LinkError, PlanError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.cost import REPLY_BYTES
 from collabinfer.plan.policy import Action, Policy
+from collabinfer.plan.profile import Profile
 from collabinfer.runtime.link import Link
 from collabinfer.runtime.state import PathEntry, State, Step, StepKind
 from collabinfer.runtime.tier import TierSpec, check_tiers
@@ -62,7 +63,12 @@ class Chain:
         links: Sequence[Link],
         policy: Policy,
         reply_bytes: int = REPLY_BYTES,
+        profile: Profile | None = None,
     ) -> None:
+        """With ``profile``, an *emulated* tier (speed factor != 1) is charged the
+        profiled (warm, median) time x factor instead of this run's wall time x factor,
+        so one cold run on this machine is not multiplied into the device's latency;
+        tiers at factor 1 are always charged what they measured."""
         check_tiers(tiers)
         if len(links) != len(tiers) - 1:
             raise ConfigError(f"{len(tiers)} tiers need {len(tiers) - 1} links, got {len(links)}")
@@ -72,6 +78,19 @@ class Chain:
         self.policy = policy
         self.reply_bytes = reply_bytes
         self._factors = tuple(t.speed_factor for t in tiers)
+        if profile is not None and profile.num_blocks != model.num_blocks:
+            raise ConfigError(f"profile has {profile.num_blocks} blocks, model {model.num_blocks}")
+        self.profile = profile
+        self._charged = tuple(profile is not None and t.speed_factor != 1.0 for t in tiers)
+        self._block_ms = tuple(b.time_ms for b in profile.blocks) if profile else ()
+
+    def _codec_ms(self, tier: int, wall_ms: float, cut: int, codec: str, encode: bool) -> float:
+        """Virtual ms of one encode or decode on ``tier`` (see ``profile`` above)."""
+        if self._charged[tier] and self.profile is not None:
+            cost = self.profile.cuts[cut].codecs.get(codec)
+            if cost is not None:
+                return (cost.encode_ms if encode else cost.decode_ms) * self._factors[tier]
+        return wall_ms * self._factors[tier]
 
     def run(
         self, x: torch.Tensor, start_s: float = 0.0, request_id: str | None = None
@@ -91,6 +110,7 @@ class Chain:
         add_step = trace.steps.append
         add_path = state.path.append
         factors = self._factors
+        charged, block_ms = self._charged, self._block_ms
         clock_ms = start_s * 1e3
         encoded: Encoded | None = None  # bytes in flight, until a tier decodes them
         hops: list[int] = []
@@ -111,14 +131,16 @@ class Chain:
                     raise PlanError("policy asked to continue past the last block")
                 if encoded is not None:
                     state.z, ms = self._decode(encoded)
-                    trace.add(Step(StepKind.DECODE, tier, ms * factors[tier], wall_ms=ms))
-                    clock_ms += ms * factors[tier]
+                    vms = self._codec_ms(tier, ms, k, encoded.header.codec, False)
+                    trace.add(Step(StepKind.DECODE, tier, vms, wall_ms=ms))
+                    clock_ms += vms
                     encoded = None
                 t0 = perf()
                 state.z = blocks[k](state.z)
                 ms = (perf() - t0) * 1e3
-                add_step(Step(COMPUTE, tier, ms * factors[tier], k, 0, ms))
-                clock_ms += ms * factors[tier]
+                vms = (block_ms[k] if charged[tier] else ms) * factors[tier]
+                add_step(Step(COMPUTE, tier, vms, k, 0, ms))
+                clock_ms += vms
                 add_path(PathEntry(k, tier, True))
                 state.next_block = k + 1
             elif action is Action.OFFLOAD:
@@ -130,8 +152,9 @@ class Chain:
                     t0 = perf()
                     encoded = get_codec(decision.codec).encode(state.z)
                     ms = (perf() - t0) * 1e3
-                    trace.add(Step(StepKind.ENCODE, tier, ms * factors[tier], wall_ms=ms))
-                    clock_ms += ms * factors[tier]
+                    vms = self._codec_ms(tier, ms, state.next_block, decision.codec, True)
+                    trace.add(Step(StepKind.ENCODE, tier, vms, wall_ms=ms))
+                    clock_ms += vms
                     encoded_at = tier
                 nbytes = encoded.payload_bytes + encoded.header_bytes
                 try:
@@ -154,8 +177,9 @@ class Chain:
             else:  # EXIT
                 if encoded is not None:
                     state.z, ms = self._decode(encoded)
-                    trace.add(Step(StepKind.DECODE, tier, ms * factors[tier], wall_ms=ms))
-                    clock_ms += ms * factors[tier]
+                    vms = self._codec_ms(tier, ms, state.next_block, encoded.header.codec, False)
+                    trace.add(Step(StepKind.DECODE, tier, vms, wall_ms=ms))
+                    clock_ms += vms
                 for hop in reversed(hops):
                     try:
                         seconds = self.links[hop].transfer(self.reply_bytes, clock_ms / 1e3)
