@@ -64,7 +64,9 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads((out / "table1.json").read_text())
     rows = {r["paradigm"]: r for r in data["rows"]}
-    assert set(rows) == {"LC", "EC", "CC", "static-split", "collabinfer"}
+    assert set(rows) == {"LC", "EC", "CC", "static-split", "collabinfer", "collabinfer-virtual"}
+    assert rows["collabinfer"]["measured_on"] == "real-sockets"
+    assert rows["collabinfer-virtual"]["measured_on"] == "virtual-clock"
     assert data["conditions"]["num_inputs"] == 300
     # the premise of the paper, measured: the local model is less accurate than the full one
     assert rows["LC"]["accuracy"] < rows["EC"]["accuracy"]
