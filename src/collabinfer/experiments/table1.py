@@ -2,7 +2,8 @@
 
 Every row runs the real model on the real Fashion-MNIST test images, one input
 at a time (batch 1), through :class:`~collabinfer.runtime.chain.Chain`. Compute
-is measured on this CPU and scaled by each tier's speed factor; links are
+runs on this CPU; tiers at factor 1 are charged what they measured, emulated
+tiers their profiled time x speed factor (see ``Chain``); links are
 :class:`~collabinfer.runtime.link.SimulatedLink` s on a virtual clock that replay
 the same seeded fluctuating bandwidth trace for every row. Inputs arrive every
 ``arrival_interval_s`` (a camera's frame rate), so input ``i`` meets the link
@@ -17,7 +18,10 @@ Rows:
 * ``static-split``: the planner's best plan for the trace's *mean* bandwidth,
   fixed for every input.
 * ``collabinfer``: re-plans per input from an EWMA estimate of the link built
-  from its own transfers (:class:`~collabinfer.plan.policy.AdaptivePolicy`).
+  from its own transfers (:class:`~collabinfer.plan.policy.AdaptivePolicy`),
+  over real sockets (``experiments/table1_real.py``) unless ``real_sockets`` is
+  off; then ``collabinfer-virtual`` keeps the same policy on the virtual clock
+  over all inputs. It may use the learned bottleneck (:class:`BottleneckCandidate`).
 
 Both split rows keep the raw input on the device by default
 (``private_splits``): that is the privacy half of the paper's promise, and it
@@ -281,60 +285,24 @@ def run_table1(
         if use:
             ci_model, ci_profile, ci_name = bottleneck.net, bottleneck.profile, bottleneck.name
     for paradigm in paradigms:
+        static: tuple[BlockNet, list[TierSpec], list[SimulatedLink], Plan, Profile] | None = None
         if paradigm == "LC":
             lc_tiers = tiers3[:1]
             plan = fixed_plan(local_profile, lc_tiers, [], (0, local.num_blocks), (None,))
-            row, lat = _run_row(
-                paradigm,
-                local,
-                lc_tiers,
-                [],
-                StaticPolicy(plan),
-                data,
-                cfg,
-                progress,
-                local_profile,
-            )
+            static = (local, lc_tiers, [], plan, local_profile)
         elif paradigm == "EC":
-            tiers = tiers3[:2]
-            plan = fixed_plan(full_profile, tiers, [access], (0, 0, n), ("u8", None))
-            row, lat = _run_row(
-                paradigm,
-                full,
-                tiers,
-                links3()[:1],
-                StaticPolicy(plan),
-                data,
-                cfg,
-                progress,
-                full_profile,
-            )
+            plan = fixed_plan(full_profile, tiers3[:2], [access], (0, 0, n), ("u8", None))
+            static = (full, tiers3[:2], links3()[:1], plan, full_profile)
         elif paradigm == "CC":
             plan = fixed_plan(full_profile, tiers3, nominal, (0, 0, 0, n), ("u8", None, None))
-            row, lat = _run_row(
-                paradigm,
-                full,
-                tiers3,
-                links3(),
-                StaticPolicy(plan),
-                data,
-                cfg,
-                progress,
-                full_profile,
-            )
+            static = (full, tiers3, links3(), plan, full_profile)
         elif paradigm == "static-split":
-            planner = Planner(full_profile, tiers3, min_device_blocks=min_dev)
-            plan = planner.plan([mean_access, wan])
+            plan = Planner(full_profile, tiers3, min_device_blocks=min_dev).plan([mean_access, wan])
+            static = (full, tiers3, links3(), plan, full_profile)
+        if static is not None:
+            model, tiers, links, plan, profile = static
             row, lat = _run_row(
-                paradigm,
-                full,
-                tiers3,
-                links3(),
-                StaticPolicy(plan),
-                data,
-                cfg,
-                progress,
-                full_profile,
+                paradigm, model, tiers, links, StaticPolicy(plan), data, cfg, progress, profile
             )
         else:
             planner = Planner(ci_profile, tiers3, min_device_blocks=min_dev)
