@@ -2,13 +2,15 @@
 
 Edge and cloud are real tier servers (``collabinfer serve``) started as
 subprocesses on loopback; between device and edge, and between edge and cloud,
-:class:`~collabinfer.serve.relay.ShapingRelay` s shape bandwidth and delay at
-the socket level (the access link replays the same seeded trace as the
-virtual-clock rows, in wall time). The device side runs here:
+shaping relays (``collabinfer relay``, also subprocesses, so their event loops
+do not share the device's GIL) shape bandwidth and delay at the socket level
+(the access link replays the same seeded trace as the virtual-clock rows, in
+wall time). The device side runs here:
 :class:`~collabinfer.serve.client.DeviceClient` re-plans every input from its
 own transfer timings and emulates the device's slowness by sleeping.
 
-What is emulated, and labelled: the device's slow-down (sleep), the links
+What is emulated, and labelled: the device's slow-down (a sleep up to its
+profiled time x factor), the links
 (relays). The cloud runs at this CPU's speed here (a faster cloud cannot be
 emulated by sleeping), so the planner is given a cloud factor of 1.
 """
@@ -26,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -39,6 +42,9 @@ from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.link import BandwidthTrace, LinkProfile, get_profile
 from collabinfer.runtime.state import StepKind
 from collabinfer.runtime.tier import TierSpec
+
+if TYPE_CHECKING:
+    from collabinfer.experiments.table1 import Row, Table1Config
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -149,7 +155,7 @@ def relay_process(
 
 
 def run_real_row(
-    cfg,  # Table1Config (not imported: avoids a cycle)
+    cfg: Table1Config,
     full: BlockNet,
     full_profile: Profile,
     data: Dataset,
@@ -158,7 +164,7 @@ def run_real_row(
     progress: ProgressFn | None = None,
     log_dir: Path | None = None,
     model_name: str | None = None,
-):
+) -> tuple[Row, list[float], dict[str, Any]]:
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
     from collabinfer.experiments.table1 import Row
     from collabinfer.serve.client import DeviceClient
