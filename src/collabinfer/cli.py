@@ -404,13 +404,18 @@ def rate_accuracy_cmd(
 
 @app.command("report")
 def report_cmd(
-    out: Annotated[Path, typer.Argument(help="a folder written by `demo --out`")],
+    out: Annotated[Path, typer.Argument(help="a folder written by `demo` or `experiment`")],
 ) -> None:
-    """Re-render table1.md and plots from result files (no model is run)."""
+    """Re-render markdown and plots from result files (no model is run)."""
+    from collabinfer.report.rate_accuracy import render_rate_accuracy
     from collabinfer.report.table1 import render_table1
 
     try:
-        for p in render_table1(out):
+        if (out / "rate_accuracy.json").exists() and not (out / "table1.json").exists():
+            paths = render_rate_accuracy(out)
+        else:
+            paths = render_table1(out)  # also the error when neither file is there
+        for p in paths:
             console.print(f"wrote {p}")
     except CollabInferError as exc:
         raise _fail(exc) from exc
