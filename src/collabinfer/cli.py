@@ -127,12 +127,11 @@ def bottleneck_candidate(
     cache: Path | None,
 ) -> Any:
     """Train (once) and deploy the default learned bottleneck; profile it on validation images."""
-    import torch
 
     from collabinfer.data import load_split
     from collabinfer.experiments.table1 import BottleneckCandidate
     from collabinfer.model.bottleneck import deploy
-    from collabinfer.plan.profile import profile_model
+    from collabinfer.plan.profile import one_thread, profile_model
     from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
 
     with _progress() as progress:
@@ -144,9 +143,7 @@ def bottleneck_candidate(
         tb = default_bottleneck(teacher, cache, data, cb)
         progress.update(task, total=1, completed=1, info=f"val acc {tb.metrics['val_acc']:.2%}")
     dep = deploy(tb.net, tb.bottleneck, tb.key[:8])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         prof = profile_model(
             dep.net,
             name + BOTTLENECK_SUFFIX,
@@ -154,8 +151,6 @@ def bottleneck_candidate(
             cut_codecs={1: [dep.codec_name]},
             byte_samples=load_split("val", data).images[:200],
         )
-    finally:
-        torch.set_num_threads(threads)
     return BottleneckCandidate(
         name + BOTTLENECK_SUFFIX, dep.net, prof, tb.metrics["val_acc"], teacher_metrics["val_acc"]
     )

@@ -277,16 +277,12 @@ def run_rate_accuracy(
 
 def _encoder_cost(net: BlockNet) -> dict[str, float]:
     """Device-side encoder and server-side decoder: params, FLOPs, batch-1 ms (this CPU)."""
-    from collabinfer.plan.profile import profile_model
+    from collabinfer.plan.profile import one_thread, profile_model
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # batch-1 timing on one core, like every profile we report
-    try:
+    with one_thread():
         prof = profile_model(
             net, "bottleneck", repeats=30, input_codecs=("u8",), feature_codecs=("fp32",)
         )
-    finally:
-        torch.set_num_threads(threads)
     enc, dec = prof.blocks[0], prof.blocks[1]
     return {
         "encoder_params": enc.params,

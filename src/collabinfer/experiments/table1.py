@@ -31,6 +31,7 @@ makes them choose among feature cuts instead of trivially sending the image.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,12 @@ def fixed_plan(
 ProgressFn = Callable[[str, int, int], None]
 
 
+def describe_plan_mix(plans: Counter[str]) -> str:
+    """``"plan A (93%); plan B (7%)"``: how often each plan was chosen."""
+    n = sum(plans.values()) or 1
+    return "; ".join(f"{k} ({100 * v / n:.0f}%)" for k, v in plans.most_common())
+
+
 def _run_row(
     paradigm: str,
     model: BlockNet,
@@ -205,7 +212,7 @@ def _run_row(
     raw = False
     edge_ms = 0.0
     fallbacks = 0
-    plans: dict[str, int] = {}
+    plans: Counter[str] = Counter()
     for i in range(len(data)):
         result = chain.run(data.images[i : i + 1], start_s=i * cfg.arrival_interval_s)
         st = result.state
@@ -217,14 +224,10 @@ def _run_row(
             edge_ms += st.trace.wall_ms(1)
         fallbacks += int(st.fell_back)
         if st.plan is not None:
-            key = st.plan.describe(model.block_names)
-            plans[key] = plans.get(key, 0) + 1
+            plans[st.plan.describe(model.block_names)] += 1
         if progress is not None:
             progress(paradigm, i + 1, len(data))
     n = len(data)
-    plan_desc = "; ".join(
-        f"{k} ({100 * v / n:.0f}%)" for k, v in sorted(plans.items(), key=lambda kv: -kv[1])
-    )
     row = Row(
         paradigm=paradigm,
         accuracy=correct / n,
@@ -234,7 +237,7 @@ def _run_row(
         raw_input_leaves_device=raw,
         edge_cpu_ms_per_input=edge_ms / n,
         measured_on="virtual-clock",
-        plan=plan_desc,
+        plan=describe_plan_mix(plans),
         fallbacks=fallbacks,
         num_inputs=n,
     )

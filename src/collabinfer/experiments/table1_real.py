@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,7 +167,7 @@ def run_real_row(
     model_name: str | None = None,
 ) -> tuple[Row, list[float], dict[str, Any]]:
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
-    from collabinfer.experiments.table1 import Row
+    from collabinfer.experiments.table1 import Row, describe_plan_mix
     from collabinfer.serve.client import DeviceClient
 
     model_name = model_name or cfg.full_model
@@ -242,14 +243,7 @@ def run_real_row(
         )
         for r in results
     ]
-    n = len(results)
-    plans: dict[str, int] = {}
-    for r in results:
-        key = r.plan.describe(full.block_names)
-        plans[key] = plans.get(key, 0) + 1
-    plan_desc = "; ".join(
-        f"{k} ({100 * v / n:.0f}%)" for k, v in sorted(plans.items(), key=lambda kv: -kv[1])
-    )
+    plans = Counter(r.plan.describe(full.block_names) for r in results)
     row = Row(
         paradigm="collabinfer",
         accuracy=summary.accuracy,
@@ -259,9 +253,9 @@ def run_real_row(
         raw_input_leaves_device=any(r.raw_input_left_device for r in results),
         edge_cpu_ms_per_input=float(np.mean(edge_ms)) if edge_ms else 0.0,
         measured_on="real-sockets",
-        plan=plan_desc,
+        plan=describe_plan_mix(plans),
         fallbacks=summary.fallbacks,
-        num_inputs=n,
+        num_inputs=len(results),
     )
     info = {
         "real_sockets": {

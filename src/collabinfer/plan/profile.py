@@ -9,12 +9,13 @@ codec at each cut, plus the header that crosses the wire with them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def machine_label() -> str:
     return f"{cpu}, torch threads={torch.get_num_threads()}"
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Batch-1 timing on one core (stable, and fair to a device); restores the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _median_ms(fn: object, repeats: int) -> float:
     samples = []
     for _ in range(repeats):
@@ -177,6 +189,9 @@ def profile_model(
                 time_ms=statistics.median(per_block[i]),
             )
         )
+    sample_acts = [byte_samples] if byte_samples is not None else []
+    for block in net.blocks if byte_samples is not None else ():
+        sample_acts.append(block(sample_acts[-1]))
     cuts = []
     for k, z in enumerate(acts):
         name = (
@@ -191,8 +206,8 @@ def profile_model(
             codec = get_codec(cname)
             enc = codec.encode(z)
             payload = enc.payload_bytes
-            if byte_samples is not None:
-                zs = net.run_until(byte_samples, k)
+            if sample_acts:
+                zs = sample_acts[k]
                 sizes = [codec.encode(zs[i : i + 1]).payload_bytes for i in range(zs.shape[0])]
                 payload = math.ceil(sum(sizes) / len(sizes))
             costs[cname] = CodecCost(
