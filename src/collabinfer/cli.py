@@ -156,6 +156,30 @@ def bottleneck_candidate(
     )
 
 
+def dynamic_candidate(
+    full: Any,
+    name: str,
+    full_metrics: dict[str, float],
+    cfg: Any,
+    data: Path | None,
+    cache: Path | None,
+) -> Any:
+    """Gates + exits for the collabinfer row (trained once, then cached)."""
+    from collabinfer.data import load_split
+    from collabinfer.experiments.table1 import make_dynamic_candidate
+
+    train, val = load_split("train", data), load_split("val", data)
+    with _progress() as progress:
+        cb = _named_tasks(progress, every=10)
+
+        def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+            cb(f"train {phase}", step, total)
+
+        return make_dynamic_candidate(
+            full, name, full_metrics["val_acc"], train, val, cfg.dynamic_max_drop, cache, tcb
+        )
+
+
 @app.command()
 def models() -> None:
     """List the model zoo."""
@@ -268,6 +292,13 @@ def demo(
     local_model: Annotated[
         str, typer.Option("--local-model", help="the model LC runs on the device")
     ] = "fmnist-small",
+    dynamic: Annotated[
+        bool,
+        typer.Option(help="collabinfer row: gated backbone + calibrated exits on the device"),
+    ] = True,
+    dynamic_max_drop: Annotated[
+        float, typer.Option(help="validation accuracy the exit rule may give up")
+    ] = 0.005,
     bottleneck: Annotated[
         bool, typer.Option(help="offer the learned bottleneck to the collabinfer row")
     ] = True,
@@ -298,7 +329,9 @@ def demo(
             full_model=model,
             local_model=local_model,
             real_sockets=not simulate,
-            bottleneck=bottleneck,
+            dynamic=dynamic,
+            dynamic_max_drop=dynamic_max_drop,
+            bottleneck=bottleneck and not dynamic,
             bottleneck_max_drop=bottleneck_max_drop,
             real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
@@ -310,6 +343,11 @@ def demo(
         if cfg.bottleneck:
             candidate = bottleneck_candidate(
                 full, cfg.full_model, trained[cfg.full_model][1].metrics, data, cache
+            )
+        dyn = None
+        if cfg.dynamic:
+            dyn = dynamic_candidate(
+                full, cfg.full_model, trained[cfg.full_model][1].metrics, cfg, data, cache
             )
         torch.set_num_threads(1)  # batch-1 timing on one core: stable, and fair to a device
         console.print("profiling both models (batch 1, one thread)...")
@@ -329,6 +367,7 @@ def demo(
                 cache=cache,
                 log_dir=(out / "logs") if out else None,
                 bottleneck=candidate,
+                dynamic=dyn,
             )
     except CollabInferError as exc:
         raise _fail(exc) from exc
@@ -397,19 +436,58 @@ def rate_accuracy_cmd(
     console.print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
+@experiment_app.command("dynamic")
+def dynamic_cmd(
+    out: Annotated[Path, typer.Option(help="write dynamic.json/.md and plots here")] = Path(
+        "results/dynamic"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="2,000 test images, training on a 16k subset, fewer settings")
+    ] = False,
+    data: DataOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Early exits (entropy vs calibrated), gates, path-aware exits vs the static backbone."""
+    from collabinfer.data import load_split
+    from collabinfer.experiments.dynamic import DynamicConfig, run_dynamic
+    from collabinfer.report.dynamic import write_dynamic
+
+    t0 = time.perf_counter()
+    try:
+        cfg = DynamicConfig.make(quick)
+        backbone = train_models([cfg.backbone], data, cache)[cfg.backbone][0]
+        train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
+        with _progress() as progress:
+            cb = _named_tasks(progress)
+
+            def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+                cb(f"train {phase}", step, total)
+
+            result = run_dynamic(cfg, backbone, train, val, test, cache, cb, tcb)
+        paths = write_dynamic(result.to_json_dict(), out)
+    except CollabInferError as exc:
+        raise _fail(exc) from exc
+    console.print((out / "dynamic.md").read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print(f"done in {time.perf_counter() - t0:.0f} s")
+
+
 @app.command("report")
 def report_cmd(
     out: Annotated[Path, typer.Argument(help="a folder written by `demo` or `experiment`")],
 ) -> None:
     """Re-render markdown and plots from result files (no model is run)."""
+    from collabinfer.report.dynamic import render_dynamic
     from collabinfer.report.rate_accuracy import render_rate_accuracy
     from collabinfer.report.table1 import render_table1
 
     try:
+        has_dynamic = (out / "dynamic.json").exists()
+        paths = render_dynamic(out) if has_dynamic else []
         if (out / "rate_accuracy.json").exists() and not (out / "table1.json").exists():
-            paths = render_rate_accuracy(out)
-        else:
-            paths = render_table1(out)  # also the error when neither file is there
+            paths += render_rate_accuracy(out)
+        elif (out / "table1.json").exists() or not has_dynamic:
+            paths += render_table1(out)  # also the error when no result file is there
         for p in paths:
             console.print(f"wrote {p}")
     except CollabInferError as exc:

@@ -88,3 +88,43 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, again_args)
     assert again.exit_code == 0, again.output
     assert again.output.count("reused") >= 2
+
+
+def test_dynamic_experiment_quick(cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dynamic"
+    res = runner.invoke(
+        app, ["experiment", "dynamic", "--quick", "--out", str(out), "--cache", str(cache)]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "dynamic.json").read_text())
+    methods = {p["method"] for p in data["points"]}
+    assert methods == {
+        "static backbone",
+        "entropy exits",
+        "calibrated exits",
+        "calibrated exits (joint)",
+        "gates",
+        "gates + exits",
+        "gates + path-aware exits",
+    }
+    static = data["points"][0]
+    assert static["method"] == "static backbone" and static["accuracy"] > 0.88
+    for p in data["points"]:
+        for key in ("accuracy", "mflops_per_input", "latency_p50_ms", "latency_p95_ms"):
+            assert p[key] > 0, (p["method"], key)
+        if "exit_fractions" in p:
+            assert abs(sum(p["exit_fractions"]) - 1) < 1e-9
+    # exits that fire save compute that the FLOP count sees
+    loose = next(
+        p
+        for p in data["points"]
+        if p["method"] == "calibrated exits" and p["setting"] == "max_drop=2pt"
+    )
+    assert loose["mflops_per_input"] < static["mflops_per_input"]
+    assert loose["exit_fractions"][-1] < 1.0
+    # calibration on validation lowers the test ECE of the heads on average
+    cal = [e for e in data["exits"] if e["method"] == "calibrated exits"]
+    assert sum(e["ece_after"] for e in cal) < sum(e["ece_before"] for e in cal)
+    assert data["summary"]["targets"] and data["summary"]["path_aware_vs_always"]
+    for name in ("dynamic.md", "dynamic_flops.png", "dynamic_latency.png", "dynamic_exits.png"):
+        assert (out / name).is_file(), name

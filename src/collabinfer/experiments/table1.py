@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.cost import Plan, evaluate_plan
+from collabinfer.plan.exit_policy import DeviceExits, ExitingPolicy
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.policy import AdaptivePolicy, Policy, StaticPolicy
 from collabinfer.plan.profile import Profile
@@ -57,6 +58,9 @@ from collabinfer.runtime.link import (
     synthetic_trace,
 )
 from collabinfer.runtime.tier import TierSpec, describe_tiers
+
+if TYPE_CHECKING:
+    from collabinfer.train.exit_rules import ExitRecords
 
 PARADIGMS = ("LC", "EC", "CC", "static-split", "collabinfer")
 
@@ -90,6 +94,8 @@ class Table1Config:
     recovery_s: float = 2.0
     real_sockets: bool = True  # the collabinfer row over real servers, relays and sockets
     real_inputs: int = 1000  # how many of the inputs the real-socket row runs (wall time!)
+    dynamic: bool = True  # the collabinfer row runs the gated backbone with device exits
+    dynamic_max_drop: float = 0.005  # validation accuracy the exit rule may give up
     bottleneck: bool = True  # offer the learned bottleneck to the collabinfer row
     bottleneck_max_drop: float = 0.01  # validation accuracy it may lose against the teacher
     link_seed: int = 0
@@ -121,6 +127,7 @@ class Row:
     plan: str = ""  # the plan (or, for collabinfer, how often each plan was chosen)
     fallbacks: int = 0
     num_inputs: int = 0
+    exited_on_device: float = 0.0  # fraction of inputs answered by a device exit (0 bytes)
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,85 @@ class BottleneckCandidate:
             f"teacher {self.teacher_val_accuracy:.2%} (allowed drop {cfg.bottleneck_max_drop:.1%})"
         )
         return faster and ok, why
+
+
+@dataclass(frozen=True)
+class DynamicCandidate:
+    """A gated backbone with calibrated, path-aware exits tried on the device."""
+
+    name: str  # the model id on the wire, e.g. fmnist-resnet+gates
+    net: BlockNet  # the gated backbone the tiers run
+    profile: Profile  # gated blocks at their validation execution rates (what the planner sees)
+    exits: DeviceExits
+    val_accuracy: float  # gated backbone + exit rule, on the validation split
+    backbone_val_accuracy: float
+    describe: str
+
+    def wrap(self, policy: Policy) -> Policy:
+        return ExitingPolicy(policy, self.exits)
+
+
+def make_dynamic_candidate(
+    full: BlockNet,
+    full_name: str,
+    backbone_val_accuracy: float,
+    train: Dataset,
+    val: Dataset,
+    max_drop: float,
+    cache: Path | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    repeats: int = 50,
+) -> DynamicCandidate:
+    """The deployed gated backbone + exits trained on it + the exit rule chosen on
+    validation (path-aware, least compute within ``max_drop``), profiled at batch 1."""
+    from collabinfer.model.dynamic import flops_table
+    from collabinfer.model.gates import gated_blocks
+    from collabinfer.plan.profile import median_ms, one_thread, profile_model, with_gate_rates
+    from collabinfer.train.exit_rules import calibrated_rule, record_exits
+    from collabinfer.train.exits import ExitConfig, train_or_load_exits
+    from collabinfer.train.gates import DEFAULT_GATES, GATES_SUFFIX, train_or_load_gates
+
+    gates = train_or_load_gates(DEFAULT_GATES, full, train, val, cache, progress)
+    net = gates.net
+    trained = train_or_load_exits(ExitConfig(), net, train, val, cache, progress)
+    exits = trained.exits
+    records = record_exits(net, exits, val)
+    chosen = calibrated_rule(records, flops_table(net, exits), max_drop=max_drop, path_aware=True)
+    name = full_name + GATES_SUFFIX
+    with one_thread():
+        rates = {i: float(r) for i, r in _exec_rates(net, records).items()}
+        profile = with_gate_rates(profile_model(net, name, repeats=repeats), rates)
+        g = torch.Generator().manual_seed(0)
+        acts = [torch.rand((1, *(net.input_shape or ())), generator=g)]
+        with torch.inference_mode():
+            for block in net.blocks:
+                acts.append(block(acts[-1]))
+            head_ms = [
+                median_ms(lambda e=e, z=acts[c]: exits.score(e, z, chosen.rule.score), repeats)
+                for e, c in enumerate(exits.cuts)
+            ]
+    gate_index = [i for i, _ in gated_blocks(net)]
+    return DynamicCandidate(
+        name=name,
+        net=net,
+        profile=profile,
+        exits=DeviceExits(exits, chosen.rule, gate_index, head_ms),
+        val_accuracy=chosen.val.accuracy,
+        backbone_val_accuracy=backbone_val_accuracy,
+        describe=(
+            f"gated {full_name} (target rate {DEFAULT_GATES.target_rate:g}) with exits after "
+            f"{', '.join(exits.names)}; thresholds chosen on validation for least compute "
+            f"within {100 * max_drop:g} points, path-aware; tried on the device only"
+        ),
+    )
+
+
+def _exec_rates(net: BlockNet, records: ExitRecords) -> dict[int, float]:
+    """Validation execution rate of every gated block, by block index."""
+    from collabinfer.model.gates import gated_blocks
+
+    rates = records.ran.float().mean(0).tolist() if records.ran.numel() else []
+    return {i: r for (i, _), r in zip(gated_blocks(net), rates, strict=True)}
 
 
 def build_trace(cfg: Table1Config, duration_s: float) -> BandwidthTrace | None:
@@ -212,6 +298,7 @@ def _run_row(
     raw = False
     edge_ms = 0.0
     fallbacks = 0
+    exited = 0
     plans: Counter[str] = Counter()
     for i in range(len(data)):
         result = chain.run(data.images[i : i + 1], start_s=i * cfg.arrival_interval_s)
@@ -223,6 +310,7 @@ def _run_row(
         if len(tiers) > 1:
             edge_ms += st.trace.wall_ms(1)
         fallbacks += int(st.fell_back)
+        exited += int(st.exited_early)
         if st.plan is not None:
             plans[st.plan.describe(model.block_names)] += 1
         if progress is not None:
@@ -240,6 +328,7 @@ def _run_row(
         plan=describe_plan_mix(plans),
         fallbacks=fallbacks,
         num_inputs=n,
+        exited_on_device=exited / n,
     )
     return row, lat
 
@@ -256,6 +345,7 @@ def run_table1(
     cache: Path | None = None,
     log_dir: Path | None = None,
     bottleneck: BottleneckCandidate | None = None,
+    dynamic: DynamicCandidate | None = None,
 ) -> Table1Result:
     """Run every row on the same inputs, trace and tiers; return rows + latency samples."""
     unknown = set(paradigms) - set(PARADIGMS)
@@ -282,6 +372,23 @@ def run_table1(
     samples: dict[str, list[float]] = {}
     extra: dict[str, Any] = {}
     ci_model, ci_profile, ci_name = full, full_profile, cfg.full_model
+    if dynamic is not None:
+        ci_model, ci_profile, ci_name = dynamic.net, dynamic.profile, dynamic.name
+        extra["collabinfer_dynamic"] = {
+            "model": dynamic.name,
+            "rule": dynamic.exits.rule.to_json(),
+            "val_accuracy": dynamic.val_accuracy,
+            "backbone_val_accuracy": dynamic.backbone_val_accuracy,
+            "how": dynamic.describe,
+        }
+        if bottleneck is not None:
+            extra["collabinfer_bottleneck"] = {
+                "used": False,
+                "why": "the row runs the gated backbone with exits (dynamic); "
+                "pass --no-dynamic to consider the bottleneck",
+                "model": bottleneck.name,
+            }
+            bottleneck = None
     if bottleneck is not None:
         use, why = bottleneck.wins(cfg, full_profile, tiers3, [mean_access, wan], min_dev)
         extra["collabinfer_bottleneck"] = {"used": use, "why": why, "model": bottleneck.name}
@@ -313,7 +420,9 @@ def run_table1(
                 LinkEstimator(access, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
                 LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
             ]
-            policy = AdaptivePolicy(planner, estimators)
+            policy: Policy = AdaptivePolicy(planner, estimators)
+            if dynamic is not None:
+                policy = dynamic.wrap(policy)
             row, lat = _run_row(
                 paradigm, ci_model, tiers3, links3(), policy, data, cfg, progress, ci_profile
             )
@@ -326,7 +435,16 @@ def run_table1(
 
                 real_data = data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
                 row, lat, info = run_real_row(
-                    cfg, ci_model, ci_profile, real_data, trace, cache, progress, log_dir, ci_name
+                    cfg,
+                    ci_model,
+                    ci_profile,
+                    real_data,
+                    trace,
+                    cache,
+                    progress,
+                    log_dir,
+                    ci_name,
+                    exits=dynamic.exits if dynamic is not None else None,
                 )
                 extra.update(info)
         rows.append(row)

@@ -37,6 +37,7 @@ import numpy as np
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import TierError
 from collabinfer.model.blocks import BlockNet
+from collabinfer.plan.exit_policy import DeviceExits
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import Profile
 from collabinfer.runtime.estimator import LinkEstimator
@@ -165,6 +166,7 @@ def run_real_row(
     progress: ProgressFn | None = None,
     log_dir: Path | None = None,
     model_name: str | None = None,
+    exits: DeviceExits | None = None,
 ) -> tuple[Row, list[float], dict[str, Any]]:
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
     from collabinfer.experiments.table1 import Row, describe_plan_mix
@@ -223,6 +225,7 @@ def run_real_row(
                 planner,
                 estimators,
                 deadline_s=5.0,
+                exits=exits,
             ) as client:
                 cb = (
                     (lambda done, _res: progress("collabinfer (real sockets)", done, len(data)))
@@ -256,6 +259,7 @@ def run_real_row(
         plan=describe_plan_mix(plans),
         fallbacks=summary.fallbacks,
         num_inputs=len(results),
+        exited_on_device=float(np.mean([r.exited_early for r in results])) if results else 0.0,
     )
     info = {
         "real_sockets": {

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+import torch
 
 from collabinfer.errors import ConfigError
 from collabinfer.plan.cost import Plan
@@ -31,10 +33,21 @@ class Action(StrEnum):
     EXIT = "exit"
 
 
+class ExitAttempt(NamedTuple):
+    """An exit head the policy evaluated before deciding (the chain charges its time)."""
+
+    cut: int
+    fired: bool
+    logits: torch.Tensor
+    wall_ms: float  # measured here
+    profiled_ms: float | None  # the head's profiled time, charged on emulated tiers
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
     codec: str | None = None  # for OFFLOAD: how to encode (None: forward the bytes as received)
+    attempt: ExitAttempt | None = None  # an exit head tried at this cut (EXIT: it fired)
 
 
 CONTINUE = Decision(Action.CONTINUE)

@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from collabinfer.codec import get_codec
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
+from collabinfer.model.gates import gated_blocks, gates_forced
 
 INPUT_CODECS = ("u8", "fp16", "fp32")  # what may carry the raw input (cut 0)
 FEATURE_CODECS = ("fp32", "fp16", "int8")  # what may carry features
@@ -37,7 +38,14 @@ class BlockProfile:
     flops: int
     params: int
     out_shape: tuple[int, ...]
-    time_ms: float  # median at batch 1 on this CPU
+    time_ms: float  # median at batch 1 on this CPU (a gated block: expected, see below)
+    # A gated block (model/gates.py) costs one thing when its branch runs and another
+    # when it is skipped; the chain charges whichever happened. ``time_ms``/``flops``
+    # are then what the planner plans with: the branch-run values from
+    # :func:`profile_model`, the rate-weighted expectation from :func:`with_gate_rates`.
+    open_ms: float | None = None
+    skip_ms: float | None = None
+    skip_flops: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,34 @@ class Profile:
         return cls.from_json(path.read_text())
 
 
+def _flops(block: torch.nn.Module, x: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        block(x)
+    return int(counter.get_total_flops())
+
+
+def with_gate_rates(profile: Profile, rates: dict[int, float]) -> Profile:
+    """The profile the planner should use for a gated model: every gated block's
+    ``time_ms`` and ``flops`` become their expectation at its execution rate
+    (``rates[block index]``, measured on validation data)."""
+    blocks = []
+    for b in profile.blocks:
+        if b.index in rates:
+            if b.open_ms is None or b.skip_ms is None or b.skip_flops is None:
+                raise ConfigError(f"block {b.index} ({b.name}) was not profiled as a gated block")
+            r = rates[b.index]
+            if not 0.0 <= r <= 1.0:
+                raise ConfigError(f"execution rate of block {b.index} must be in [0, 1], got {r}")
+            b = replace(
+                b,
+                time_ms=r * b.open_ms + (1 - r) * b.skip_ms,
+                flops=round(r * b.flops + (1 - r) * b.skip_flops),
+            )
+        blocks.append(b)
+    return replace(profile, blocks=tuple(blocks))
+
+
 def machine_label() -> str:
     cpu = f"{platform.machine()} {platform.processor() or ''}".strip()
     return f"{cpu}, torch threads={torch.get_num_threads()}"
@@ -125,7 +161,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _median_ms(fn: object, repeats: int) -> float:
+def median_ms(fn: object, repeats: int) -> float:
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -160,35 +196,49 @@ def profile_model(
         if net.input_shape is None:
             raise ConfigError("profile_model needs a sample input or a net with input_shape")
         sample = torch.rand((1, *net.input_shape), generator=torch.Generator().manual_seed(0))
-    # Inputs to every block, from one pass.
+    # Inputs to every block, from one pass (every branch run).
     acts = [sample]
-    for block in net.blocks:
-        acts.append(block(acts[-1]))
-    for _ in range(warmup):
-        net(sample)
+    with gates_forced(net, "open"):
+        for block in net.blocks:
+            acts.append(block(acts[-1]))
+        for _ in range(warmup):
+            net(sample)
+    gated = {i for i, _ in gated_blocks(net)}
     # Times: interleave blocks in whole passes so cache/thermal effects spread evenly.
+    # Gated blocks are timed with their branch forced to run and forced to skip.
     per_block: list[list[float]] = [[] for _ in net.blocks]
+    skipped: list[list[float]] = [[] for _ in net.blocks]
     for _ in range(repeats):
-        z = sample
-        for i, block in enumerate(net.blocks):
-            t0 = time.perf_counter()
-            z = block(z)
-            per_block[i].append((time.perf_counter() - t0) * 1e3)
+        for mode, into in (("open", per_block), ("closed", skipped)):
+            if mode == "closed" and not gated:
+                continue
+            with gates_forced(net, mode):
+                for i, block in enumerate(net.blocks):
+                    t0 = time.perf_counter()
+                    block(acts[i])
+                    into[i].append((time.perf_counter() - t0) * 1e3)
     blocks = []
     for i, block in enumerate(net.blocks):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            block(acts[i])
-        blocks.append(
-            BlockProfile(
-                index=i,
-                name=net.block_names[i],
-                flops=int(counter.get_total_flops()),
-                params=sum(p.numel() for p in block.parameters()),
-                out_shape=tuple(acts[i + 1].shape[1:]),
-                time_ms=statistics.median(per_block[i]),
-            )
+        with gates_forced(net, "open"):
+            flops = _flops(block, acts[i])
+        prof = BlockProfile(
+            index=i,
+            name=net.block_names[i],
+            flops=flops,
+            params=sum(p.numel() for p in block.parameters()),
+            out_shape=tuple(acts[i + 1].shape[1:]),
+            time_ms=statistics.median(per_block[i]),
         )
+        if i in gated:
+            with gates_forced(net, "closed"):
+                skip_flops = _flops(block, acts[i])
+            prof = replace(
+                prof,
+                open_ms=prof.time_ms,
+                skip_ms=statistics.median(skipped[i]),
+                skip_flops=skip_flops,
+            )
+        blocks.append(prof)
     sample_acts = [byte_samples] if byte_samples is not None else []
     for block in net.blocks if byte_samples is not None else ():
         sample_acts.append(block(sample_acts[-1]))
@@ -213,8 +263,8 @@ def profile_model(
             costs[cname] = CodecCost(
                 payload_bytes=payload,
                 header_bytes=enc.header_bytes,
-                encode_ms=_median_ms(lambda c=codec, z=z: c.encode(z), max(3, repeats // 3)),
-                decode_ms=_median_ms(lambda c=codec, e=enc: c.decode(e), max(3, repeats // 3)),
+                encode_ms=median_ms(lambda c=codec, z=z: c.encode(z), max(3, repeats // 3)),
+                decode_ms=median_ms(lambda c=codec, e=enc: c.decode(e), max(3, repeats // 3)),
             )
         cuts.append(CutProfile(k, name, tuple(z.shape[1:]), costs))
     return Profile(model_name, tuple(blocks), tuple(cuts), repeats, machine_label())

@@ -22,6 +22,7 @@ COLUMNS = (
     ("bytes_per_input", "bytes/input", "{:,.0f}"),
     ("raw_input_leaves_device", "raw input leaves device", "{}"),
     ("edge_cpu_ms_per_input", "edge CPU ms/input", "{:.2f}"),
+    ("exited_on_device", "exit on device", "{:.0%}"),
     ("measured_on", "measured on", "{}"),
     ("num_inputs", "inputs", "{:,}"),
 )
@@ -46,7 +47,9 @@ def markdown(data: dict[str, Any]) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     for row in data["rows"]:
-        lines.append("| " + " | ".join(fmt(k, row[k]) for k, _, _ in COLUMNS) + " |")
+        lines.append(
+            "| " + " | ".join(fmt(k, row[k]) if k in row else "—" for k, _, _ in COLUMNS) + " |"
+        )
     lines += [
         "",
         "## Conditions",

@@ -82,7 +82,17 @@ class Chain:
             raise ConfigError(f"profile has {profile.num_blocks} blocks, model {model.num_blocks}")
         self.profile = profile
         self._charged = tuple(profile is not None and t.speed_factor != 1.0 for t in tiers)
-        self._block_ms = tuple(b.time_ms for b in profile.blocks) if profile else ()
+        # A gated block is charged its profiled branch-run or branch-skipped time.
+        self._block_ms = (
+            tuple(b.open_ms if b.open_ms is not None else b.time_ms for b in profile.blocks)
+            if profile
+            else ()
+        )
+        self._skip_ms = (
+            tuple(b.skip_ms if b.skip_ms is not None else b.time_ms for b in profile.blocks)
+            if profile
+            else ()
+        )
 
     def _codec_ms(self, tier: int, wall_ms: float, cut: int, codec: str, encode: bool) -> float:
         """Virtual ms of one encode or decode on ``tier`` (see ``profile`` above)."""
@@ -110,7 +120,7 @@ class Chain:
         add_step = trace.steps.append
         add_path = state.path.append
         factors = self._factors
-        charged, block_ms = self._charged, self._block_ms
+        charged, block_ms, skip_ms = self._charged, self._block_ms, self._skip_ms
         clock_ms = start_s * 1e3
         encoded: Encoded | None = None  # bytes in flight, until a tier decodes them
         hops: list[int] = []
@@ -123,6 +133,15 @@ class Chain:
             tier = state.tier
             decision = decide(state, n)
             action = decision.action
+            attempt = decision.attempt
+            if attempt is not None:  # the policy evaluated an exit head here
+                vms = (
+                    attempt.profiled_ms
+                    if charged[tier] and attempt.profiled_ms is not None
+                    else attempt.wall_ms
+                ) * factors[tier]
+                trace.add(Step(StepKind.EXIT, tier, vms, attempt.cut, wall_ms=attempt.wall_ms))
+                clock_ms += vms
             if local_only and action is Action.OFFLOAD:
                 action = Action.CONTINUE
             if action is Action.CONTINUE:
@@ -135,13 +154,19 @@ class Chain:
                     trace.add(Step(StepKind.DECODE, tier, vms, wall_ms=ms))
                     clock_ms += vms
                     encoded = None
+                block = blocks[k]
                 t0 = perf()
-                state.z = blocks[k](state.z)
+                state.z = block(state.z)
                 ms = (perf() - t0) * 1e3
-                vms = (block_ms[k] if charged[tier] else ms) * factors[tier]
+                gate = getattr(block, "last_ran", None)  # a gated block: did its branch run?
+                ran = True if gate is None else bool(gate.any())
+                if charged[tier]:
+                    vms = (block_ms[k] if ran else skip_ms[k]) * factors[tier]
+                else:
+                    vms = ms * factors[tier]
                 add_step(Step(COMPUTE, tier, vms, k, 0, ms))
                 clock_ms += vms
-                add_path(PathEntry(k, tier, True))
+                add_path(PathEntry(k, tier, ran))
                 state.next_block = k + 1
             elif action is Action.OFFLOAD:
                 if tier + 1 >= len(self.tiers):
@@ -175,6 +200,10 @@ class Chain:
                     state.raw_input_left_device = True
                 state.tier = tier + 1
             else:  # EXIT
+                if attempt is not None and attempt.fired:  # an early exit: its head answers
+                    state.z = attempt.logits
+                    state.exited_early = True
+                    encoded = None
                 if encoded is not None:
                     state.z, ms = self._decode(encoded)
                     vms = self._codec_ms(tier, ms, state.next_block, encoded.header.codec, False)

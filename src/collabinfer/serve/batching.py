@@ -43,18 +43,27 @@ class RunResult:
     output: torch.Tensor  # the tensor at cut ``stop`` for this request's rows
     block_ms: tuple[float, ...]  # wall ms of each block, for the whole call
     batch_size: int  # requests that ran together in the call
+    ran: torch.Tensor  # (rows, blocks) bool: the block's branch ran (a gate may skip it)
 
 
 def run_blocks(model: BlockNet, z: torch.Tensor, start: int, stop: int) -> RunResult:
-    """Blocks ``start .. stop-1`` under inference mode, timing each one (runs on a worker)."""
+    """Blocks ``start .. stop-1`` under inference mode, timing each one (runs on a worker).
+
+    A gated block's decisions (``last_ran``) are read here, right after it runs:
+    once the worker moves on to another call they are overwritten.
+    """
     blocks = model.blocks
     times: list[float] = []
+    ran = torch.ones((z.shape[0], stop - start), dtype=torch.bool)
     with torch.inference_mode():
-        for k in range(start, stop):
+        for j, k in enumerate(range(start, stop)):
             t0 = time.perf_counter()
             z = blocks[k](z)
             times.append((time.perf_counter() - t0) * 1e3)
-    return RunResult(z, tuple(times), 1)
+            gate = getattr(blocks[k], "last_ran", None)
+            if gate is not None:
+                ran[:, j] = gate
+    return RunResult(z, tuple(times), 1, ran)
 
 
 @dataclass
@@ -138,6 +147,7 @@ class BlockRunner:
                 for pending in list(self._groups):
                     self._flush(pending)
         parts = result.output.split(sizes)
-        for (_, fut), part in zip(items, parts, strict=True):
+        rans = result.ran.split(sizes)
+        for (_, fut), part, ran in zip(items, parts, rans, strict=True):
             if not fut.done():  # the request may have been cancelled meanwhile
-                fut.set_result(RunResult(part, result.block_ms, len(items)))
+                fut.set_result(RunResult(part, result.block_ms, len(items), ran))

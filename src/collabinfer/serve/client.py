@@ -44,6 +44,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -54,6 +55,7 @@ from collabinfer.errors import ConfigError, PlanError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
 from collabinfer.plan.cost import Plan
+from collabinfer.plan.exit_policy import DeviceExits
 from collabinfer.plan.planner import Planner
 from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.state import PathEntry, Step, StepKind
@@ -90,6 +92,7 @@ class ClientResult:
     server_ms: float | None  # wall time inside the edge (None: no server answered)
     emulated_ms: float  # of latency_ms, the sleep that emulates the slower device
     attempts: int  # posts made (0: the plan kept the input on the device)
+    exited_early: bool = False  # an exit head on the device answered (nothing more was sent)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,14 @@ class RunSummary:
         return len(self.results) / self.wall_s if self.wall_s > 0 else float("nan")
 
 
+class _LocalRun(NamedTuple):
+    """What :meth:`DeviceClient._run_local` did."""
+
+    z: torch.Tensor  # the tensor at the last cut reached, or the exit's logits
+    emulated_ms: float  # the sleep that emulated the slower device
+    exited: bool  # an exit fired: ``z`` is the answer
+
+
 @dataclass(frozen=True)
 class _Outcome:
     answer: ResponseBody | None  # None: every attempt failed; the device finishes the input
@@ -140,7 +151,9 @@ class DeviceClient:
     Pass ``http`` to share one connection pool between clients (it is then
     not closed by :meth:`aclose`). Every ``rtt_probe_s`` seconds the client
     pings the edge in the background for an RTT sample (None: never; see
-    :meth:`_maybe_probe_rtt`).
+    :meth:`_maybe_probe_rtt`). With ``exits`` the device tries the exit at every
+    cut it reaches after running a block (:meth:`DeviceExits.attempt`); one that
+    fires answers the input there, and nothing is sent.
     """
 
     def __init__(
@@ -158,6 +171,7 @@ class DeviceClient:
         http: httpx.AsyncClient | None = None,
         rtt_probe_s: float | None = 1.0,
         emulation: str = "profile",
+        exits: DeviceExits | None = None,
     ) -> None:
         if len(planner.tiers) < 2:
             raise ConfigError("a device client needs at least one remote tier in the planner")
@@ -184,6 +198,7 @@ class DeviceClient:
         if rtt_probe_s is not None and not rtt_probe_s > 0:
             raise ConfigError(f"rtt_probe_s must be > 0 or None, got {rtt_probe_s!r}")
         self.model = model.eval()
+        self.exits = exits
         self.model_name = model_name
         self.weights = weights if weights is not None else weights_hash(model)
         self.url = url.rstrip("/")
@@ -238,20 +253,43 @@ class DeviceClient:
 
     async def _run_local(
         self, z: torch.Tensor, start: int, stop: int, steps: list[Step], path: list[PathEntry]
-    ) -> tuple[torch.Tensor, float]:
-        """Blocks ``start..stop-1`` here; returns the tensor and the emulated sleep (ms)."""
+    ) -> _LocalRun:
+        """Blocks ``start..stop-1`` here, trying the exit after each; stops when one fires."""
         wall = charged = 0.0
+        n = self.model.num_blocks
+        profile = self.planner.profile.blocks
+        exited = False
         with torch.inference_mode():
             for k in range(start, stop):
+                block = self._blocks[k]
                 t0 = time.perf_counter()
-                z = self._blocks[k](z)
+                z = block(z)
                 ms = (time.perf_counter() - t0) * 1e3
-                device_ms = self._device_ms(ms, self.planner.profile.blocks[k].time_ms)
+                gate = getattr(block, "last_ran", None)  # a gated block: did its branch run?
+                ran = True if gate is None else bool(gate.any())
+                prof = profile[k]
+                gated_ms = prof.open_ms if ran else prof.skip_ms
+                device_ms = self._device_ms(ms, gated_ms if gated_ms is not None else prof.time_ms)
                 wall += ms
                 charged += device_ms
                 steps.append(Step(StepKind.COMPUTE, 0, device_ms, k, 0, ms))
-                path.append(PathEntry(k, 0, True))
-        return z, await self._emulate(charged, wall)
+                path.append(PathEntry(k, 0, ran))
+                if self.exits is None or k + 1 >= n:
+                    continue
+                attempt = self.exits.attempt(k + 1, z, path)
+                if attempt is None:
+                    continue
+                head_ms = attempt.profiled_ms
+                device_ms = self._device_ms(
+                    attempt.wall_ms, head_ms if head_ms is not None else attempt.wall_ms
+                )
+                wall += attempt.wall_ms
+                charged += device_ms
+                steps.append(Step(StepKind.EXIT, 0, device_ms, k + 1, 0, attempt.wall_ms))
+                if attempt.fired:
+                    z, exited = attempt.logits, True
+                    break
+        return _LocalRun(z, await self._emulate(charged, wall), exited)
 
     def _device_ms(self, wall_ms: float, profiled_ms: float) -> float:
         base = profiled_ms if self.emulation == "profile" else wall_ms
@@ -279,10 +317,11 @@ class DeviceClient:
         cut = plan.boundaries[1]
         steps: list[Step] = []
         path: list[PathEntry] = []
-        z, emulated = await self._run_local(x, 0, cut, steps, path)
+        z, emulated, exited = await self._run_local(x, 0, cut, steps, path)
         outcome = _Outcome(None, 0, 0)
         output = z
-        if cut < n:
+        posted = cut < n and not exited  # an exit that fired before the cut sends nothing
+        if posted:
             codec = plan.codecs[0]
             if codec is None:
                 raise PlanError(f"plan {plan.describe()} offloads cut {cut} without a codec")
@@ -314,7 +353,7 @@ class DeviceClient:
                 path = list(answer.path if answer.path[: len(mine)] == mine else mine + answer.path)
             else:  # finish here from the exact tensor we still hold: no codec loss
                 steps.append(Step(StepKind.FALLBACK, 0, 0.0))
-                output, extra = await self._run_local(z, cut, n, steps, path)
+                output, extra, exited = await self._run_local(z, cut, n, steps, path)
                 emulated += extra
         out = output.detach().reshape(output.shape[0], -1).float()
         answer = outcome.answer
@@ -325,7 +364,7 @@ class DeviceClient:
             latency_ms=(time.perf_counter() - t_start) * 1e3,
             bytes_sent=outcome.bytes_sent,
             raw_input_left_device=cut == 0 and outcome.bytes_sent > 0,
-            fell_back=cut < n and answer is None,
+            fell_back=posted and answer is None,
             remote_fell_back=answer is not None and answer.fell_back,
             answered_by=answer.tier if answer is not None else 0,
             plan=plan,
@@ -334,6 +373,7 @@ class DeviceClient:
             server_ms=answer.server_ms if answer is not None else None,
             emulated_ms=emulated,
             attempts=outcome.attempts,
+            exited_early=exited,
         )
 
     async def _post(

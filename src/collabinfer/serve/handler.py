@@ -290,9 +290,10 @@ class TierHandler:
         runner, _ = self._start()
         result = await runner.run(z, start, stop)
         f = self.config.speed_factor
-        for k, ms in zip(range(start, stop), result.block_ms, strict=True):
+        ran = result.ran.any(dim=0).tolist()  # a gated block ran if it did for any row
+        for k, ms, r in zip(range(start, stop), result.block_ms, ran, strict=True):
             steps.append(Step(StepKind.COMPUTE, tier, ms * f, k, 0, ms))
-            path.append(PathEntry(k, tier, True))
+            path.append(PathEntry(k, tier, bool(r)))
         await self._emulate(sum(result.block_ms))
         return result.output
 

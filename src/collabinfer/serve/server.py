@@ -140,9 +140,14 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
 
     Every tier of one deployment must load the same weights (the header carries
     their hash), so untrained models are seeded: the same seed gives the same hash.
+    A name ending in ``+gates`` (e.g. ``fmnist-resnet+gates``) is the deployed gated
+    copy of its base model (:func:`~collabinfer.train.gates.default_gates`).
     """
     from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX
+    from collabinfer.train.gates import GATES_SUFFIX
 
+    if name.endswith(GATES_SUFFIX):  # e.g. fmnist-resnet+gates: the deployed gated backbone
+        return _load_gated(name.removesuffix(GATES_SUFFIX), untrained, seed)
     if name.endswith(BOTTLENECK_SUFFIX):  # e.g. fmnist-resnet+bn: the deployed bottleneck
         return _load_bottleneck(name.removesuffix(BOTTLENECK_SUFFIX), untrained, seed)
     model_spec(name)  # unknown name: ModelError listing the zoo
@@ -174,6 +179,21 @@ def _load_bottleneck(base: str, untrained: bool, seed: int) -> BlockNet:
     except (CheckpointError, DataError) as e:
         raise CollabInferError(str(e)) from None
     return deploy(tb.net, tb.bottleneck, tb.key[:8]).net
+
+
+def _load_gated(base: str, untrained: bool, seed: int) -> BlockNet:
+    """The base model with its residual blocks gated: trained gates, or seeded new ones."""
+    from collabinfer.model.gates import gate_net
+    from collabinfer.train.gates import default_gates
+
+    backbone = load_served_model(base, untrained, seed)  # unknown base: the usual errors
+    if untrained:
+        torch.manual_seed(seed)  # the new gates too: every tier must hold the same weights
+        return gate_net(backbone).eval()
+    try:
+        return default_gates(backbone, train=False).net.eval()
+    except (CheckpointError, DataError) as e:
+        raise CollabInferError(str(e)) from None
 
 
 def serve_main(

@@ -1,0 +1,421 @@
+"""Dynamic networks, measured: early exits and gated blocks against the static backbone.
+
+Methods (all on the same Fashion-MNIST test images, after training and every
+choice on the training / validation splits):
+
+* ``static backbone``: the trained ResNet, plain forward;
+* ``entropy exits``: BranchyNet baseline, one uncalibrated entropy threshold
+  for every exit (:func:`~collabinfer.train.exit_rules.entropy_rule`);
+* ``calibrated exits``: temperature-scaled heads, per-exit thresholds from the
+  solver (:func:`~collabinfer.train.exit_rules.calibrated_rule`), for a sweep
+  of allowed accuracy drops and one compute budget;
+* ``calibrated exits (joint)``: the same with heads and backbone trained jointly;
+* ``gates``: ConvNet-AIG gated copy of the backbone, no exits;
+* ``gates + exits`` and ``gates + path-aware exits``: heads trained on the
+  gated backbone, evaluated always or only on paths that pay off (paper 3.1.2).
+
+For every point: test accuracy, mean FLOPs per input (counted from what ran),
+batch-1 latency p50/p95 on one thread, throughput at batch 32 on one thread,
+the exit distribution, compute spent on heads whose answer was discarded, and
+the measured vs FLOP-predicted speed-up over the static backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.calibration import expected_calibration_error, reliability_table
+from collabinfer.model.dynamic import DynamicNet, FlopsTable, flops_table, per_input_flops
+from collabinfer.model.exits import ExitBranches
+from collabinfer.plan.profile import machine_label, one_thread
+from collabinfer.train.exit_rules import (
+    ChosenRule,
+    ExitRecords,
+    calibrated_rule,
+    entropy_rule,
+    record_exits,
+)
+from collabinfer.train.exits import ExitConfig, train_or_load_exits
+from collabinfer.train.gates import GateConfig, gated_accuracy, train_or_load_gates
+
+ProgressFn = Callable[[str, int, int], None]
+TrainProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+# Frozen configs, so one shared default instance is safe.
+DEFAULT_EXITS = ExitConfig()
+DEFAULT_JOINT = ExitConfig(epochs=2, joint_epochs=2)
+DEFAULT_GATES = GateConfig()
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    backbone: str = "fmnist-resnet"
+    exits: ExitConfig = DEFAULT_EXITS
+    joint: ExitConfig | None = DEFAULT_JOINT
+    gates: GateConfig = DEFAULT_GATES
+    gated_exits: ExitConfig = DEFAULT_EXITS
+    max_drops: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02)
+    budgets: tuple[float, ...] = (0.6,)  # fractions of the backbone's FLOPs
+    headline_drop: float = 0.005  # the setting the targets are judged at
+    num_inputs: int = 10_000
+    latency_inputs: int = 1000
+    throughput_inputs: int = 2048
+    throughput_batch: int = 32
+    levels: int = 24
+    subset_seed: int = 0
+    quick: bool = False
+
+    @classmethod
+    def make(cls, quick: bool) -> DynamicConfig:
+        if not quick:
+            return cls()
+        sub = 16_384
+        return cls(
+            exits=ExitConfig(epochs=2, train_subset=sub),
+            joint=ExitConfig(epochs=1, joint_epochs=1, train_subset=sub),
+            gates=GateConfig(epochs=2, train_subset=sub),
+            gated_exits=ExitConfig(epochs=2, train_subset=sub),
+            max_drops=(0.0, 0.005, 0.01, 0.02),
+            num_inputs=2000,
+            latency_inputs=300,
+            throughput_inputs=512,
+            quick=True,
+        )
+
+
+@dataclass(frozen=True)
+class DynamicResult:
+    conditions: dict[str, Any]
+    points: list[dict[str, Any]]
+    exits: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Measured:
+    accuracy: float
+    mflops: float
+    p50_ms: float
+    p95_ms: float
+    throughput: float
+    exit_fractions: tuple[float, ...]
+    exit_accuracy: tuple[float | None, ...]
+    wasted_mflops: float
+    exec_rates: tuple[float, ...]
+
+
+def _batch1_ms(fn: Callable[[torch.Tensor], object], data: Dataset) -> list[float]:
+    samples = []
+    with one_thread(), torch.inference_mode():
+        for i in range(min(20, len(data))):  # warm-up
+            fn(data.images[i : i + 1])
+        for i in range(len(data)):
+            x = data.images[i : i + 1]
+            t0 = time.perf_counter()
+            fn(x)
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def _throughput(fn: Callable[[torch.Tensor], object], data: Dataset, batch: int) -> float:
+    with one_thread(), torch.inference_mode():
+        fn(data.images[:batch])
+        t0 = time.perf_counter()
+        for i in range(0, len(data), batch):
+            fn(data.images[i : i + batch])
+        return len(data) / (time.perf_counter() - t0)
+
+
+def measure(
+    net: DynamicNet,
+    flops: FlopsTable,
+    test: Dataset,
+    cfg: DynamicConfig,
+    plain: BlockNet | None = None,
+) -> Measured:
+    """Accuracy and FLOPs over ``test``; latency and throughput on subsets (one thread)."""
+    net.eval()
+    cuts = net.exits.cuts if net.exits is not None else ()
+    correct = 0
+    total_flops = 0.0
+    num_exits = len(cuts)
+    counts = np.zeros(num_exits + 1)
+    hits = np.zeros(num_exits + 1)
+    wasted = 0.0
+    ran_sum = np.zeros(net.num_gates)
+    heads = torch.tensor(flops.head, dtype=torch.float64) if flops.head else None
+    for i in range(0, len(test), 500):
+        x, y = test.images[i : i + 500], test.labels[i : i + 500]
+        out = net.infer(x)
+        ok = (out.logits.argmax(1) == y).numpy()
+        correct += int(ok.sum())
+        total_flops += float(per_input_flops(out, flops, cuts).sum())
+        idx = out.exit_index.numpy()
+        np.add.at(counts, idx, 1)
+        np.add.at(hits, idx, ok)
+        if heads is not None:
+            left_here = torch.nn.functional.one_hot(out.exit_index, num_exits + 1)[:, :num_exits]
+            wasted += float(((out.tried & ~left_here.bool()).double() @ heads).sum())
+        ran_sum += out.ran.double().sum(0).numpy()
+    n = len(test)
+    lat_data = test.subset(cfg.latency_inputs, cfg.subset_seed + 1)
+    thr_data = test.subset(cfg.throughput_inputs, cfg.subset_seed + 2)
+    fn: Callable[[torch.Tensor], object] = plain if plain is not None else net.infer
+    lat = _batch1_ms(fn, lat_data)
+    return Measured(
+        accuracy=correct / n,
+        mflops=total_flops / n / 1e6,
+        p50_ms=statistics.median(lat),
+        p95_ms=float(np.percentile(lat, 95)),
+        throughput=_throughput(fn, thr_data, cfg.throughput_batch),
+        exit_fractions=tuple(float(c / n) for c in counts),
+        exit_accuracy=tuple(float(h / c) if c else None for h, c in zip(hits, counts, strict=True)),
+        wasted_mflops=wasted / n / 1e6,
+        exec_rates=tuple(float(r / n) for r in ran_sum),
+    )
+
+
+def _point(method: str, setting: str, m: Measured, names: list[str], **extra: Any) -> dict:
+    d: dict[str, Any] = {
+        "method": method,
+        "setting": setting,
+        "accuracy": m.accuracy,
+        "mflops_per_input": m.mflops,
+        "latency_p50_ms": m.p50_ms,
+        "latency_p95_ms": m.p95_ms,
+        "throughput_b32": m.throughput,
+    }
+    if len(m.exit_fractions) > 1:
+        d["exit_fractions"] = list(m.exit_fractions)
+        d["exit_accuracy"] = list(m.exit_accuracy)
+        d["exit_names"] = names
+        d["wasted_mflops_per_input"] = m.wasted_mflops
+    if m.exec_rates:
+        d["gate_exec_rates"] = list(m.exec_rates)
+    return d | extra
+
+
+def _calibration_rows(
+    method: str, backbone: BlockNet, exits: ExitBranches, val_rec: ExitRecords, test: Dataset
+) -> list[dict[str, Any]]:
+    """Per exit: temperature (fitted on val), head accuracy and ECE on the *test* split."""
+    test_rec = record_exits(backbone, exits, test)
+    rows = []
+    for e, name in enumerate(exits.names):
+        raw = test_rec.logits[e]
+        t = test_rec.temperatures[e]
+        before, after = torch.softmax(raw, 1), torch.softmax(raw / t, 1)
+        val_after = torch.softmax(val_rec.logits[e] / t, 1)
+        rows.append(
+            {
+                "method": method,
+                "name": name,
+                "cut": exits.cuts[e],
+                "temperature": t,
+                "head_accuracy": float((raw.argmax(1) == test_rec.labels).float().mean()),
+                "ece_before": expected_calibration_error(before, test_rec.labels),
+                "ece_after": expected_calibration_error(after, test_rec.labels),
+                "val_ece_after": expected_calibration_error(val_after, val_rec.labels),
+                "reliability_before": [
+                    dataclasses.asdict(b) for b in reliability_table(before, test_rec.labels)
+                ],
+                "reliability_after": [
+                    dataclasses.asdict(b) for b in reliability_table(after, test_rec.labels)
+                ],
+            }
+        )
+    return rows
+
+
+def run_dynamic(
+    cfg: DynamicConfig,
+    backbone: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+    cache: Path | None = None,
+    progress: ProgressFn | None = None,
+    train_progress: TrainProgressFn | None = None,
+) -> DynamicResult:
+    """Train (or reuse) exits and gates, choose rules on validation, measure on test."""
+    t_start = time.perf_counter()
+    data = test.subset(cfg.num_inputs, cfg.subset_seed)
+    backbone = backbone.eval()
+    points: list[dict[str, Any]] = []
+    calib: list[dict[str, Any]] = []
+    drops = len(cfg.max_drops)
+    todo = 2 + 4 * drops + len(cfg.budgets) + (drops if cfg.joint is not None else 0)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress("measure (test split)", done, todo)
+
+    static_flops = flops_table(backbone)
+    base = measure(DynamicNet(backbone), static_flops, data, cfg, plain=backbone)
+    points.append(_point("static backbone", "-", base, []))
+    tick("static backbone")
+
+    def sweep(
+        method: str, net: BlockNet, exits: ExitBranches, path_aware: bool = False
+    ) -> ExitRecords:
+        flops = flops_table(net, exits)
+        rec = record_exits(net, exits, val)
+        names = [*exits.names, "final"]
+        chosen: list[tuple[str, ChosenRule]] = []
+        for drop in cfg.max_drops:
+            setting = f"max_drop={100 * drop:g}pt"
+            if method == "entropy exits":
+                chosen.append((setting, entropy_rule(rec, flops, max_drop=drop)))
+            else:
+                rule = calibrated_rule(
+                    rec, flops, max_drop=drop, path_aware=path_aware, levels=cfg.levels
+                )
+                chosen.append((setting, rule))
+        if method == "calibrated exits":
+            for b in cfg.budgets:
+                rule = calibrated_rule(
+                    rec, flops, budget=b * static_flops.backbone, levels=cfg.levels
+                )
+                chosen.append((f"budget={100 * b:g}%", rule))
+        for setting, ch in chosen:
+            m = measure(DynamicNet(net, exits, ch.rule), flops, data, cfg)
+            points.append(
+                _point(
+                    method,
+                    setting,
+                    m,
+                    names,
+                    val_accuracy=ch.val.accuracy,
+                    val_mflops_per_input=ch.val.mean_cost / 1e6,
+                    rule=ch.rule.to_json(),
+                )
+            )
+            tick(f"{method} {setting}")
+        return rec
+
+    ex = train_or_load_exits(cfg.exits, backbone, train, val, cache, train_progress)
+    rec = sweep("entropy exits", ex.backbone, ex.exits)
+    sweep("calibrated exits", ex.backbone, ex.exits)
+    calib += _calibration_rows("calibrated exits", ex.backbone, ex.exits, rec, data)
+    if cfg.joint is not None:
+        jx = train_or_load_exits(cfg.joint, backbone, train, val, cache, train_progress)
+        rec = sweep("calibrated exits (joint)", jx.backbone, jx.exits)
+        calib += _calibration_rows("calibrated exits (joint)", jx.backbone, jx.exits, rec, data)
+    tg = train_or_load_gates(cfg.gates, backbone, train, val, cache, train_progress)
+    gflops = flops_table(tg.net)
+    gm = measure(DynamicNet(tg.net), gflops, data, cfg)
+    rate_setting = f"rate={cfg.gates.target_rate:g}"
+    points.append(_point("gates", rate_setting, gm, [], val_accuracy=tg.metrics.get("val_acc")))
+    tick("gates")
+    gx = train_or_load_exits(cfg.gated_exits, tg.net, train, val, cache, train_progress)
+    rec = sweep("gates + exits", tg.net, gx.exits)
+    sweep("gates + path-aware exits", tg.net, gx.exits, path_aware=True)
+    calib += _calibration_rows("gates + exits", tg.net, gx.exits, rec, data)
+    _, test_rates = gated_accuracy(tg.net, data)
+    gate_rows = [
+        {"method": "gates", "setting": rate_setting, "block": tg.net.block_names[i], "exec_rate": r}
+        for i, r in zip(gflops.gate_index, test_rates, strict=True)
+    ]
+    for p in points:
+        p["speedup_flops"] = points[0]["mflops_per_input"] / p["mflops_per_input"]
+        p["speedup_measured"] = points[0]["latency_p50_ms"] / p["latency_p50_ms"]
+    conditions = {
+        "num_inputs": len(data),
+        "backbone": cfg.backbone,
+        "backbone_mflops": static_flops.backbone / 1e6,
+        "threads": 1,
+        "latency": f"batch 1, one thread, {cfg.latency_inputs} test inputs; "
+        f"throughput: batch {cfg.throughput_batch}, one thread, {cfg.throughput_inputs} inputs",
+        "measured_on": machine_label(),
+        "tuned_on": "thresholds, temperatures and path conditions on the validation split only",
+        "quick": cfg.quick,
+        "seconds": time.perf_counter() - t_start,
+        "config": dataclasses.asdict(cfg),
+        "train_metrics": {"exits": ex.metrics, "gates": tg.metrics, "gated_exits": gx.metrics},
+    }
+    result = DynamicResult(conditions, points, calib, gate_rows)
+    return dataclasses.replace(result, summary=summarise(result, cfg))
+
+
+def _at(points: list[dict[str, Any]], method: str, setting: str) -> dict[str, Any] | None:
+    return next((p for p in points if p["method"] == method and p["setting"] == setting), None)
+
+
+def summarise(result: DynamicResult, cfg: DynamicConfig) -> dict[str, Any]:
+    """The issue's targets, judged on the test numbers (settings fixed before measuring)."""
+    pts = result.points
+    base = pts[0]
+    setting = f"max_drop={100 * cfg.headline_drop:g}pt"
+    targets = []
+
+    def drop_pt(p: dict[str, Any]) -> float:
+        return 100 * (base["accuracy"] - p["accuracy"])
+
+    cal = _at(pts, "calibrated exits", setting)
+    if cal is not None:
+        cut = 1 - cal["mflops_per_input"] / base["mflops_per_input"]
+        targets.append(
+            {
+                "name": f"calibrated exits ({setting})",
+                "target": "drop <= 0.5 pt, compute -40 %, batch-1 latency >= 1.5x",
+                "reached": f"drop {drop_pt(cal):.2f} pt, compute {-100 * cut:+.1f} %, "
+                f"latency {cal['speedup_measured']:.2f}x",
+                "met": drop_pt(cal) <= 0.5 and cut >= 0.4 and cal["speedup_measured"] >= 1.5,
+            }
+        )
+    eces = [r["ece_after"] for r in result.exits if r["method"] == "calibrated exits"]
+    if eces:
+        targets.append(
+            {
+                "name": "ECE per exit after calibration (test)",
+                "target": "<= 2 %",
+                "reached": ", ".join(f"{100 * e:.2f} %" for e in eces),
+                "met": max(eces) <= 0.02,
+            }
+        )
+    g = next((p for p in pts if p["method"] == "gates"), None)
+    if g is not None:
+        fl = 1 - g["mflops_per_input"] / base["mflops_per_input"]
+        tm = 1 - g["latency_p50_ms"] / base["latency_p50_ms"]
+        targets.append(
+            {
+                "name": "gates",
+                "target": "FLOPs -30 %, batch-1 time -20 %, drop <= 0.5 pt",
+                "reached": f"FLOPs {-100 * fl:+.1f} %, time {-100 * tm:+.1f} %, "
+                f"drop {drop_pt(g):.2f} pt",
+                "met": fl >= 0.3 and tm >= 0.2 and drop_pt(g) <= 0.5,
+            }
+        )
+    pa = _at(pts, "gates + path-aware exits", setting)
+    aw = _at(pts, "gates + exits", setting)
+    comparison = None
+    if pa is not None and aw is not None:
+        comparison = {
+            "setting": setting,
+            "always_wasted_mflops": aw.get("wasted_mflops_per_input"),
+            "path_aware_wasted_mflops": pa.get("wasted_mflops_per_input"),
+            "always_accuracy": aw["accuracy"],
+            "path_aware_accuracy": pa["accuracy"],
+            "always_mflops": aw["mflops_per_input"],
+            "path_aware_mflops": pa["mflops_per_input"],
+        }
+    return {"targets": targets, "path_aware_vs_always": comparison}

@@ -1,0 +1,233 @@
+"""Recipe: fine-tune a gated copy of a trained ResNet (ConvNet-AIG, Veit & Belongie 2018).
+
+Every residual block gets a :class:`~collabinfer.model.gates.Gate`; the
+network fine-tunes with Gumbel-softmax straight-through gates on
+
+``CE(label-smoothed) + kd_weight * KD(teacher) + rate_weight * sum_b (rate_b - target)^2``
+
+where ``rate_b`` is block ``b``'s fraction of open gates in the batch (the
+"target rate" loss of ConvNet-AIG) and the teacher is the ungated backbone
+(distillation keeps the accuracy the gates would otherwise cost). Gates
+start open (bias), so fine-tuning starts at the backbone.
+
+Tuned on the validation split only; cached by config + backbone weights + data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.errors import CheckpointError, ConfigError
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.checkpoint import (
+    Checkpoint,
+    config_key,
+    default_cache_dir,
+    load_checkpoint,
+    save_checkpoint,
+    weights_hash,
+)
+from collabinfer.model.gates import gate_net, gate_rates, gated_blocks
+from collabinfer.train.exits import require_tuning_split
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    target_rate: float = 0.6  # fraction of inputs that should run each gated block
+    epochs: int = 3
+    lr: float = 0.02  # backbone (SGD, cosine)
+    gate_lr: float = 0.1  # gates learn from scratch: a larger step
+    rate_weight: float = 2.0
+    kd_weight: float = 1.0
+    kd_temperature: float = 2.0
+    label_smoothing: float = 0.1
+    tau: float = 1.0  # Gumbel-softmax temperature
+    hidden: int = 16
+    batch_size: int = 128
+    hflip: bool = True
+    train_subset: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_rate <= 1.0:
+            raise ConfigError(f"target_rate must be in (0, 1], got {self.target_rate}")
+        if self.epochs < 1 or self.tau <= 0:
+            raise ConfigError("epochs >= 1 and tau > 0 are required", config=self)
+
+
+@dataclass(frozen=True)
+class TrainedGates:
+    net: BlockNet
+    config: GateConfig
+    metrics: dict[str, float]
+    path: Path | None
+    reused: bool
+
+
+@torch.inference_mode()
+def gated_accuracy(
+    net: BlockNet, data: Dataset, batch_size: int = 500
+) -> tuple[float, list[float]]:
+    """Accuracy with hard gates, and each gated block's execution rate, on ``data``."""
+    net.eval()
+    gates = gated_blocks(net)
+    correct = 0
+    ran = torch.zeros(len(gates))
+    for i in range(0, len(data), batch_size):
+        logits = net(data.images[i : i + batch_size])
+        correct += int((logits.argmax(1) == data.labels[i : i + batch_size]).sum())
+        for j, (_, g) in enumerate(gates):
+            if g.last_ran is not None:  # every gated forward records it
+                ran[j] += g.last_ran.float().sum()
+    n = max(1, len(data))
+    return correct / n, (ran / n).tolist()
+
+
+def train_gates(
+    config: GateConfig,
+    backbone: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    progress: ProgressFn | None = None,
+) -> tuple[BlockNet, dict[str, float]]:
+    require_tuning_split(train, "gate training")
+    require_tuning_split(val, "gate validation")
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    if config.train_subset:
+        train = train.subset(config.train_subset, config.seed)
+    teacher = backbone.eval()
+    net = gate_net(backbone, config.hidden, config.tau)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    gate_params = [p for _, b in gated_blocks(net) for p in b.gate.parameters()]
+    gate_ids = {id(p) for p in gate_params}
+    rest = [p for p in net.parameters() if id(p) not in gate_ids]
+    opt = torch.optim.SGD(
+        [
+            {"params": rest, "lr": config.lr, "weight_decay": 5e-4},
+            {"params": gate_params, "lr": config.gate_lr, "weight_decay": 0.0},
+        ],
+        momentum=0.9,
+        nesterov=True,
+    )
+    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    t_kd = config.kd_temperature
+    stats: dict[str, float] = {}
+    t0 = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        net.train()
+        perm = torch.randperm(len(train), generator=g)
+        for b in range(steps_per_epoch):
+            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+            x, y = train.images[idx], train.labels[idx]
+            if config.hflip:
+                flip = torch.rand(x.shape[0], generator=g) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            logits = net(x)
+            rates = gate_rates(net)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            loss = loss + config.rate_weight * ((rates - config.target_rate) ** 2).sum()
+            if config.kd_weight:
+                with torch.no_grad():
+                    soft = torch.softmax(teacher(x) / t_kd, dim=1)
+                kd = F.kl_div(torch.log_softmax(logits / t_kd, dim=1), soft, reduction="batchmean")
+                loss = loss + config.kd_weight * kd * t_kd**2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if progress is not None:
+                progress(
+                    "gates",
+                    step,
+                    total,
+                    {"loss": float(loss.detach()), "rate": float(rates.detach().mean())},
+                )
+        acc, _ = gated_accuracy(net, val)
+        stats[f"val_acc_epoch{epoch + 1}"] = acc
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    acc, rates_val = gated_accuracy(net, val)
+    stats["val_acc"] = acc
+    stats["val_exec_rate"] = sum(rates_val) / len(rates_val)
+    for (i, _), r in zip(gated_blocks(net), rates_val, strict=True):
+        stats[f"val_exec_rate_{net.block_names[i]}"] = r
+    stats["train_seconds"] = time.perf_counter() - t0
+    return net, stats
+
+
+def _cached_path(
+    config: GateConfig, backbone: BlockNet, train: Dataset, cache: Path | None
+) -> tuple[Path, str]:
+    src = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
+    key = config_key(src, train.digest)
+    return (cache or default_cache_dir()) / "checkpoints" / f"gates-{key}.pt", key
+
+
+def train_or_load_gates(
+    config: GateConfig,
+    backbone: BlockNet,
+    train: Dataset,
+    val: Dataset,
+    cache: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainedGates:
+    """Cached by config + backbone weights + data."""
+    path, key = _cached_path(config, backbone, train, cache)
+    if path.exists():
+        ck = load_checkpoint(path, model_name="gates", key=key)
+        net = gate_net(backbone, config.hidden, config.tau)
+        try:
+            net.load_state_dict(ck.state_dict)
+        except RuntimeError as exc:
+            raise CheckpointError(f"gate checkpoint {path} does not fit: {str(exc)[:300]}") from exc
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return TrainedGates(net.eval(), config, ck.metrics, path, True)
+    net, stats = train_gates(config, backbone, train, val, progress)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    save_checkpoint(path, Checkpoint("gates", key, dataclasses.asdict(config), stats, state))
+    return TrainedGates(net, config, stats, path, False)
+
+
+# The gated model Table 1 deploys (model id ``fmnist-resnet+gates``): the default
+# config, fixed before any test-split number was seen.
+DEFAULT_GATES = GateConfig()
+GATES_SUFFIX = "+gates"
+
+
+def default_gates(
+    backbone: BlockNet,
+    cache: Path | None = None,
+    data_root: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    train: bool = True,
+    config: GateConfig = DEFAULT_GATES,
+) -> TrainedGates:
+    """The deployed gated backbone (cached). ``train=False`` only loads (servers must not
+    train): a missing checkpoint is a :class:`~collabinfer.errors.CheckpointError`."""
+    from collabinfer.data.fashion_mnist import load_split
+
+    tr, va = load_split("train", data_root), load_split("val", data_root)
+    path, _ = _cached_path(config, backbone, tr, cache)
+    if not train and not path.exists():
+        raise CheckpointError(
+            f"no trained gates in the cache ({path}): run `collabinfer demo` once to train them"
+        )
+    return train_or_load_gates(config, backbone, tr, va, cache, progress)
