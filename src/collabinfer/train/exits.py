@@ -260,6 +260,9 @@ def train_or_load_exits(
     progress: ProgressFn | None = None,
 ) -> TrainedExits:
     """Cached by config + backbone weights + training data."""
+    # checked before the cache too: a hit must not hide a test split handed in by mistake
+    require_tuning_split(train, "exit training")
+    require_tuning_split(val, "exit validation")
     path, key = _cached_path(config, backbone, train, cache)
     if path.exists():
         ck = load_checkpoint(path, model_name="exits", key=key)

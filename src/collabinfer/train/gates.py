@@ -189,6 +189,9 @@ def train_or_load_gates(
     progress: ProgressFn | None = None,
 ) -> TrainedGates:
     """Cached by config + backbone weights + data."""
+    # checked before the cache too: a hit must not hide a test split handed in by mistake
+    require_tuning_split(train, "gate training")
+    require_tuning_split(val, "gate validation")
     path, key = _cached_path(config, backbone, train, cache)
     if path.exists():
         ck = load_checkpoint(path, model_name="gates", key=key)
