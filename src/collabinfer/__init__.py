@@ -35,11 +35,16 @@ from collabinfer.errors import (
     TierError,
 )
 from collabinfer.model.blocks import BlockNet, CutPoint
+from collabinfer.model.dynamic import DynamicNet, ExitRule
+from collabinfer.model.exits import ExitBranches
+from collabinfer.model.gates import gate_net
 from collabinfer.model.zoo import ModelSpec, create_model, list_models, register_model
 from collabinfer.plan.cost import Plan, PlanCost, PowerModel, evaluate_plan
+from collabinfer.plan.exit_policy import DeviceExits, ExitingPolicy
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.policy import Action, AdaptivePolicy, Decision, Policy, StaticPolicy
 from collabinfer.plan.profile import Profile, profile_model
+from collabinfer.plan.thresholds import ExitProblem, solve_thresholds
 from collabinfer.runtime.chain import Chain, ChainResult
 from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.link import (
@@ -74,7 +79,13 @@ __all__ = [
     "DataError",
     "Dataset",
     "Decision",
+    "DeviceExits",
+    "DynamicNet",
     "Encoded",
+    "ExitBranches",
+    "ExitProblem",
+    "ExitRule",
+    "ExitingPolicy",
     "Link",
     "LinkError",
     "LinkEstimator",
@@ -102,6 +113,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate_plan",
+    "gate_net",
     "get_codec",
     "get_profile",
     "list_codecs",
@@ -110,6 +122,7 @@ __all__ = [
     "profile_model",
     "register_codec",
     "register_model",
+    "solve_thresholds",
     "synthetic_dataset",
     "synthetic_trace",
     "train_or_load",

@@ -113,6 +113,7 @@ class Measured:
     mflops: float
     p50_ms: float
     p95_ms: float
+    mean_ms: float
     throughput: float
     exit_fractions: tuple[float, ...]
     exit_accuracy: tuple[float | None, ...]
@@ -183,6 +184,7 @@ def measure(
         mflops=total_flops / n / 1e6,
         p50_ms=statistics.median(lat),
         p95_ms=float(np.percentile(lat, 95)),
+        mean_ms=float(np.mean(lat)),
         throughput=_throughput(fn, thr_data, cfg.throughput_batch),
         exit_fractions=tuple(float(c / n) for c in counts),
         exit_accuracy=tuple(float(h / c) if c else None for h, c in zip(hits, counts, strict=True)),
@@ -199,6 +201,7 @@ def _point(method: str, setting: str, m: Measured, names: list[str], **extra: An
         "mflops_per_input": m.mflops,
         "latency_p50_ms": m.p50_ms,
         "latency_p95_ms": m.p95_ms,
+        "latency_mean_ms": m.mean_ms,
         "throughput_b32": m.throughput,
     }
     if len(m.exit_fractions) > 1:
@@ -269,6 +272,8 @@ def run_dynamic(
         if progress is not None:
             progress("measure (test split)", done, todo)
 
+    with one_thread():
+        measured_on = machine_label()
     static_flops = flops_table(backbone)
     base = measure(DynamicNet(backbone), static_flops, data, cfg, plain=backbone)
     points.append(_point("static backbone", "-", base, []))
@@ -337,7 +342,9 @@ def run_dynamic(
     ]
     for p in points:
         p["speedup_flops"] = points[0]["mflops_per_input"] / p["mflops_per_input"]
-        p["speedup_measured"] = points[0]["latency_p50_ms"] / p["latency_p50_ms"]
+        # mean batch-1 latency against mean FLOPs: both are per-input averages
+        p["speedup_measured"] = points[0]["latency_mean_ms"] / p["latency_mean_ms"]
+        p["speedup_p50"] = points[0]["latency_p50_ms"] / p["latency_p50_ms"]
     conditions = {
         "num_inputs": len(data),
         "backbone": cfg.backbone,
@@ -345,7 +352,7 @@ def run_dynamic(
         "threads": 1,
         "latency": f"batch 1, one thread, {cfg.latency_inputs} test inputs; "
         f"throughput: batch {cfg.throughput_batch}, one thread, {cfg.throughput_inputs} inputs",
-        "measured_on": machine_label(),
+        "measured_on": measured_on,
         "tuned_on": "thresholds, temperatures and path conditions on the validation split only",
         "quick": cfg.quick,
         "seconds": time.perf_counter() - t_start,
@@ -376,9 +383,9 @@ def summarise(result: DynamicResult, cfg: DynamicConfig) -> dict[str, Any]:
         targets.append(
             {
                 "name": f"calibrated exits ({setting})",
-                "target": "drop <= 0.5 pt, compute -40 %, batch-1 latency >= 1.5x",
+                "target": "drop <= 0.5 pt, compute -40 %, batch-1 latency >= 1.5x (mean)",
                 "reached": f"drop {drop_pt(cal):.2f} pt, compute {-100 * cut:+.1f} %, "
-                f"latency {cal['speedup_measured']:.2f}x",
+                f"latency {cal['speedup_measured']:.2f}x (p50 {cal['speedup_p50']:.2f}x)",
                 "met": drop_pt(cal) <= 0.5 and cut >= 0.4 and cal["speedup_measured"] >= 1.5,
             }
         )
@@ -395,11 +402,11 @@ def summarise(result: DynamicResult, cfg: DynamicConfig) -> dict[str, Any]:
     g = next((p for p in pts if p["method"] == "gates"), None)
     if g is not None:
         fl = 1 - g["mflops_per_input"] / base["mflops_per_input"]
-        tm = 1 - g["latency_p50_ms"] / base["latency_p50_ms"]
+        tm = 1 - g["latency_mean_ms"] / base["latency_mean_ms"]
         targets.append(
             {
                 "name": "gates",
-                "target": "FLOPs -30 %, batch-1 time -20 %, drop <= 0.5 pt",
+                "target": "FLOPs -30 %, batch-1 time -20 % (mean), drop <= 0.5 pt",
                 "reached": f"FLOPs {-100 * fl:+.1f} %, time {-100 * tm:+.1f} %, "
                 f"drop {drop_pt(g):.2f} pt",
                 "met": fl >= 0.3 and tm >= 0.2 and drop_pt(g) <= 0.5,

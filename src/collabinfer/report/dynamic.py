@@ -43,6 +43,7 @@ class Point:
     mflops_per_input: float
     latency_p50_ms: float
     latency_p95_ms: float
+    latency_mean_ms: float | None = None
     throughput_b32: float | None = None
     val_accuracy: float | None = None
     exit_fractions: tuple[float, ...] | None = None
@@ -154,6 +155,7 @@ def _point(d: Any, where: str) -> Point:
         mflops_per_input=_req(d, "mflops_per_input", where),
         latency_p50_ms=_req(d, "latency_p50_ms", where),
         latency_p95_ms=_req(d, "latency_p95_ms", where),
+        latency_mean_ms=_opt(d, "latency_mean_ms", where),
         throughput_b32=_opt(d, "throughput_b32", where),
         val_accuracy=_opt(d, "val_accuracy", where),
         exit_fractions=tuple(float(f) for f in fr) or None,
@@ -264,7 +266,10 @@ def _conditions(c: dict[str, Any]) -> list[str]:
     lines = ["Conditions: " + ", ".join(str(p) for p in parts) + "."]
     rest = []
     for k, v in c.items():
-        if k in known:
+        if k in known or k in ("config", "train_metrics"):  # in dynamic.json; too long here
+            continue
+        if k in ("latency", "tuned_on") and isinstance(v, str):
+            lines.append(f"{k.replace('_', ' ').capitalize()}: {v}.")
             continue
         text = v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v)
         text = str(text)
@@ -277,8 +282,9 @@ def _conditions(c: dict[str, Any]) -> list[str]:
 def _points_table(res: DynamicResult) -> list[str]:
     with_val = any(p.val_accuracy is not None for p in res.points)
     head = ["method", "setting", "accuracy"] + (["val accuracy"] if with_val else [])
-    head += ["MFLOPs/input", "p50 ms", "p95 ms", "throughput@32 (/s)"]
-    head += ["speed-up measured", "speed-up FLOPs", "measured / FLOPs"]
+    with_mean = any(p.latency_mean_ms is not None for p in res.points)
+    head += ["MFLOPs/input", "p50 ms", "p95 ms"] + (["mean ms"] if with_mean else [])
+    head += ["throughput@32 (/s)", "speed-up measured", "speed-up FLOPs", "measured / FLOPs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in res.points:
         ratio = (
@@ -292,6 +298,7 @@ def _points_table(res: DynamicResult) -> list[str]:
             _fixed(p.mflops_per_input),
             _fixed(p.latency_p50_ms),
             _fixed(p.latency_p95_ms),
+            *([_fixed(p.latency_mean_ms)] if with_mean else []),
             _fixed(p.throughput_b32, ",.0f"),
             _fixed(p.speedup_measured, ".2f", "×"),
             _fixed(p.speedup_flops, ".2f", "×"),
@@ -366,7 +373,8 @@ def _markdown(res: DynamicResult) -> str:
         *_conditions(res.conditions),
         "",
         "Accuracy on the test inputs; MFLOPs counted on the path each input really took; "
-        "latency per input at batch 1; speed-ups against the static backbone.",
+        "latency per input at batch 1; speed-ups against the static backbone (measured: mean "
+        "batch-1 latency; FLOPs: mean FLOPs per input).",
         "",
         "## Accuracy vs compute",
         "",
