@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from collabinfer.data.fashion_mnist import Dataset
-from collabinfer.errors import ConfigError
+from collabinfer.errors import CheckpointError, ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.calibration import (
     ReliabilityBin,
@@ -62,6 +62,7 @@ def require_tuning_split(data: Dataset, what: str) -> None:
 class ExitConfig:
     cuts: tuple[int, ...] = (1, 3, 5)  # fmnist-resnet: after stem, after res1b, after res2b
     width: int = 32
+    head_depth: int = 2  # strided convolutions in a head on a >= 14x14 map (see exit_head)
     epochs: int = 4  # heads only, backbone frozen
     joint_epochs: int = 0  # then backbone + heads together
     lr: float = 3e-3  # Adam, heads
@@ -130,7 +131,7 @@ def train_exits(
     if config.train_subset:
         train = train.subset(config.train_subset, config.seed)
     net = copy.deepcopy(backbone).eval() if config.joint_epochs else backbone.eval()
-    exits = ExitBranches.for_model(net, config.cuts, width=config.width)
+    exits = ExitBranches.for_model(net, config.cuts, width=config.width, depth=config.head_depth)
     steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
     total = steps_per_epoch * (config.epochs + config.joint_epochs)
     step = 0
@@ -266,16 +267,22 @@ def train_or_load_exits(
     path, key = _cached_path(config, backbone, train, cache)
     if path.exists():
         ck = load_checkpoint(path, model_name="exits", key=key)
-        exits = ExitBranches.for_model(backbone, config.cuts, width=config.width)
-        exits.load_state_dict(
-            {k[6:]: v for k, v in ck.state_dict.items() if k.startswith("exits.")}
+        exits = ExitBranches.for_model(
+            backbone, config.cuts, width=config.width, depth=config.head_depth
         )
         net = backbone
-        if config.joint_epochs:
-            net = copy.deepcopy(backbone)
-            net.load_state_dict(
-                {k[9:]: v for k, v in ck.state_dict.items() if k.startswith("backbone.")}
+        try:
+            exits.load_state_dict(
+                {k[6:]: v for k, v in ck.state_dict.items() if k.startswith("exits.")}
             )
+            if config.joint_epochs:
+                net = copy.deepcopy(backbone)
+                net.load_state_dict(
+                    {k[9:]: v for k, v in ck.state_dict.items() if k.startswith("backbone.")}
+                )
+        except RuntimeError as exc:
+            raise CheckpointError(f"exit checkpoint {path} does not fit: {str(exc)[:300]}") from exc
+        if config.joint_epochs:
             for p in net.parameters():
                 p.requires_grad_(False)
         return TrainedExits(net.eval(), exits.eval(), config, ck.metrics, path, True)
