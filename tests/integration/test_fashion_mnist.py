@@ -73,6 +73,10 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
     assert rows["EC"]["accuracy"] > 0.88
     assert rows["LC"]["latency_p50_ms"] < rows["EC"]["latency_p50_ms"]
     assert not rows["collabinfer"]["raw_input_leaves_device"]
+    # the collabinfer rows run the gated backbone; confident inputs leave on the device
+    assert data["conditions"]["collabinfer_dynamic"]["model"] == "fmnist-resnet+gates"
+    assert 0 < rows["collabinfer-virtual"]["exited_on_device"] < 1
+    assert 0 < rows["collabinfer"]["exited_on_device"] < 1
     for name in ("table1.md", "table1_latency_cdf.png", "table1_bytes_vs_p95.png", "config.json"):
         assert (out / name).is_file(), name
     # second run reuses both checkpoints

@@ -131,7 +131,7 @@ def flops_table(backbone: BlockNet, exits: ExitBranches | None = None) -> FlopsT
         with gates_forced(backbone, "open"):
             opened.append(_count(lambda b=block, a=acts[k]: b(a)))
         if isinstance(block, GatedResidual):  # in "auto" mode the gate runs either way
-            gate = _count(lambda b=block, a=acts[k]: b.gate(a))
+            gate = _count(lambda b=block, a=acts[k]: b.decide(a))
             with gates_forced(backbone, "closed"):
                 skipped.append(_count(lambda b=block, a=acts[k]: b(a)) + gate)
             opened[-1] += gate

@@ -15,9 +15,10 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from collabinfer.codec import get_codec
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.gates import gated_blocks, gates_forced
+from collabinfer.model.gates import GatedResidual, gated_blocks, gates_forced
 
 INPUT_CODECS = ("u8", "fp16", "fp32")  # what may carry the raw input (cut 0)
 FEATURE_CODECS = ("fp32", "fp16", "int8")  # what may carry features
@@ -117,7 +118,7 @@ class Profile:
         return cls.from_json(path.read_text())
 
 
-def _flops(block: torch.nn.Module, x: torch.Tensor) -> int:
+def _flops(block: Callable[[torch.Tensor], object], x: torch.Tensor) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         block(x)
@@ -229,14 +230,19 @@ def profile_model(
             out_shape=tuple(acts[i + 1].shape[1:]),
             time_ms=statistics.median(per_block[i]),
         )
-        if i in gated:
+        if i in gated:  # forced modes skip the gate itself: add what deciding costs
+            decide = cast(GatedResidual, block).decide
+            gate_ms = median_ms(lambda d=decide, a=acts[i]: d(a), repeats)
+            gate_flops = _flops(decide, acts[i])
             with gates_forced(net, "closed"):
                 skip_flops = _flops(block, acts[i])
             prof = replace(
                 prof,
-                open_ms=prof.time_ms,
-                skip_ms=statistics.median(skipped[i]),
-                skip_flops=skip_flops,
+                time_ms=prof.time_ms + gate_ms,
+                flops=prof.flops + gate_flops,
+                open_ms=prof.time_ms + gate_ms,
+                skip_ms=statistics.median(skipped[i]) + gate_ms,
+                skip_flops=skip_flops + gate_flops,
             )
         blocks.append(prof)
     sample_acts = [byte_samples] if byte_samples is not None else []
