@@ -111,36 +111,50 @@ class DynamicResult:
 class Measured:
     accuracy: float
     mflops: float
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-    throughput: float
+    infer: Callable[[torch.Tensor], object]  # what the timing runs (batch 1 and batch 32)
     exit_fractions: tuple[float, ...]
     exit_accuracy: tuple[float | None, ...]
     wasted_mflops: float
     exec_rates: tuple[float, ...]
 
 
-def _batch1_ms(fn: Callable[[torch.Tensor], object], data: Dataset) -> list[float]:
-    samples = []
-    with one_thread(), torch.inference_mode():
-        for i in range(min(20, len(data))):  # warm-up
-            fn(data.images[i : i + 1])
-        for i in range(len(data)):
-            x = data.images[i : i + 1]
-            t0 = time.perf_counter()
-            fn(x)
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+Infer = Callable[[torch.Tensor], object]
 
 
-def _throughput(fn: Callable[[torch.Tensor], object], data: Dataset, batch: int) -> float:
+def time_side_by_side(
+    fns: list[Infer],
+    lat_data: Dataset,
+    thr_data: Dataset,
+    batch: int,
+    progress: ProgressFn | None = None,
+) -> list[tuple[list[float], float]]:
+    """Batch-1 latencies (ms per input) and batch-``batch`` throughput of every method,
+    *interleaved*: each input (each batch) runs through every method in turn, the order
+    rotating, so drifts of this machine (clock, caches, a neighbour) hit all alike."""
+    m = len(fns)
+    lat: list[list[float]] = [[] for _ in fns]
+    busy = [0.0] * m
     with one_thread(), torch.inference_mode():
-        fn(data.images[:batch])
-        t0 = time.perf_counter()
-        for i in range(0, len(data), batch):
-            fn(data.images[i : i + batch])
-        return len(data) / (time.perf_counter() - t0)
+        for fn in fns:  # warm-up
+            for i in range(min(20, len(lat_data))):
+                fn(lat_data.images[i : i + 1])
+        for i in range(len(lat_data)):
+            x = lat_data.images[i : i + 1]
+            for r in range(m):
+                j = (i + r) % m
+                t0 = time.perf_counter()
+                fns[j](x)
+                lat[j].append((time.perf_counter() - t0) * 1e3)
+            if progress is not None and (i + 1) % 50 == 0:
+                progress("time at batch 1 (interleaved)", i + 1, len(lat_data))
+        for b, k in enumerate(range(0, len(thr_data), batch)):
+            x = thr_data.images[k : k + batch]
+            for r in range(m):
+                j = (b + r) % m
+                t0 = time.perf_counter()
+                fns[j](x)
+                busy[j] += time.perf_counter() - t0
+    return [(lat[j], len(thr_data) / busy[j]) for j in range(m)]
 
 
 def measure(
@@ -150,7 +164,7 @@ def measure(
     cfg: DynamicConfig,
     plain: BlockNet | None = None,
 ) -> Measured:
-    """Accuracy and FLOPs over ``test``; latency and throughput on subsets (one thread)."""
+    """Accuracy, FLOPs and where inputs leave, over ``test`` (timing: :func:`time_side_by_side`)."""
     net.eval()
     cuts = net.exits.cuts if net.exits is not None else ()
     correct = 0
@@ -175,17 +189,10 @@ def measure(
             wasted += float(((out.tried & ~left_here.bool()).double() @ heads).sum())
         ran_sum += out.ran.double().sum(0).numpy()
     n = len(test)
-    lat_data = test.subset(cfg.latency_inputs, cfg.subset_seed + 1)
-    thr_data = test.subset(cfg.throughput_inputs, cfg.subset_seed + 2)
-    fn: Callable[[torch.Tensor], object] = plain if plain is not None else net.infer
-    lat = _batch1_ms(fn, lat_data)
     return Measured(
         accuracy=correct / n,
         mflops=total_flops / n / 1e6,
-        p50_ms=statistics.median(lat),
-        p95_ms=float(np.percentile(lat, 95)),
-        mean_ms=float(np.mean(lat)),
-        throughput=_throughput(fn, thr_data, cfg.throughput_batch),
+        infer=plain if plain is not None else net.infer,
         exit_fractions=tuple(float(c / n) for c in counts),
         exit_accuracy=tuple(float(h / c) if c else None for h, c in zip(hits, counts, strict=True)),
         wasted_mflops=wasted / n / 1e6,
@@ -199,10 +206,6 @@ def _point(method: str, setting: str, m: Measured, names: list[str], **extra: An
         "setting": setting,
         "accuracy": m.accuracy,
         "mflops_per_input": m.mflops,
-        "latency_p50_ms": m.p50_ms,
-        "latency_p95_ms": m.p95_ms,
-        "latency_mean_ms": m.mean_ms,
-        "throughput_b32": m.throughput,
     }
     if len(m.exit_fractions) > 1:
         d["exit_fractions"] = list(m.exit_fractions)
@@ -261,6 +264,7 @@ def run_dynamic(
     data = test.subset(cfg.num_inputs, cfg.subset_seed)
     backbone = backbone.eval()
     points: list[dict[str, Any]] = []
+    infers: list[Infer] = []  # what each point runs, timed side by side at the end
     calib: list[dict[str, Any]] = []
     drops = len(cfg.max_drops)
     todo = 2 + 4 * drops + len(cfg.budgets) + (drops if cfg.joint is not None else 0)
@@ -277,6 +281,7 @@ def run_dynamic(
     static_flops = flops_table(backbone)
     base = measure(DynamicNet(backbone), static_flops, data, cfg, plain=backbone)
     points.append(_point("static backbone", "-", base, []))
+    infers.append(base.infer)
     tick("static backbone")
 
     def sweep(
@@ -303,6 +308,7 @@ def run_dynamic(
                 chosen.append((f"budget={100 * b:g}%", rule))
         for setting, ch in chosen:
             m = measure(DynamicNet(net, exits, ch.rule), flops, data, cfg)
+            infers.append(m.infer)
             points.append(
                 _point(
                     method,
@@ -328,6 +334,7 @@ def run_dynamic(
     tg = train_or_load_gates(cfg.gates, backbone, train, val, cache, train_progress)
     gflops = flops_table(tg.net)
     gm = measure(DynamicNet(tg.net), gflops, data, cfg)
+    infers.append(gm.infer)
     rate_setting = f"rate={cfg.gates.target_rate:g}"
     points.append(_point("gates", rate_setting, gm, [], val_accuracy=tg.metrics.get("val_acc")))
     tick("gates")
@@ -340,6 +347,18 @@ def run_dynamic(
         {"method": "gates", "setting": rate_setting, "block": tg.net.block_names[i], "exec_rate": r}
         for i, r in zip(gflops.gate_index, test_rates, strict=True)
     ]
+    timings = time_side_by_side(
+        infers,
+        data.subset(cfg.latency_inputs, cfg.subset_seed + 1),
+        data.subset(cfg.throughput_inputs, cfg.subset_seed + 2),
+        cfg.throughput_batch,
+        progress,
+    )
+    for p, (lat, thr) in zip(points, timings, strict=True):
+        p["latency_p50_ms"] = statistics.median(lat)
+        p["latency_p95_ms"] = float(np.percentile(lat, 95))
+        p["latency_mean_ms"] = float(np.mean(lat))
+        p["throughput_b32"] = thr
     for p in points:
         p["speedup_flops"] = points[0]["mflops_per_input"] / p["mflops_per_input"]
         # mean batch-1 latency against mean FLOPs: both are per-input averages
@@ -350,8 +369,9 @@ def run_dynamic(
         "backbone": cfg.backbone,
         "backbone_mflops": static_flops.backbone / 1e6,
         "threads": 1,
-        "latency": f"batch 1, one thread, {cfg.latency_inputs} test inputs; "
-        f"throughput: batch {cfg.throughput_batch}, one thread, {cfg.throughput_inputs} inputs",
+        "latency": f"batch 1, one thread, {cfg.latency_inputs} test inputs, every method "
+        f"interleaved input by input; throughput: batch {cfg.throughput_batch}, one thread, "
+        f"{cfg.throughput_inputs} inputs, interleaved batch by batch",
         "measured_on": measured_on,
         "tuned_on": "thresholds, temperatures and path conditions on the validation split only",
         "quick": cfg.quick,
