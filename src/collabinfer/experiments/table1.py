@@ -238,7 +238,7 @@ def make_dynamic_candidate(
         val_accuracy=chosen.val.accuracy,
         backbone_val_accuracy=backbone_val_accuracy,
         describe=(
-            f"gated {full_name} (target rate {DEFAULT_GATES.target_rate:g}) with exits after "
+            f"gated {full_name} (target rate {DEFAULT_GATES.target_rate:g}) with exits at "
             f"{', '.join(exits.names)}; thresholds chosen on validation for least compute "
             f"within {100 * max_drop:g} points, path-aware; tried on the device only"
         ),
