@@ -256,7 +256,6 @@ class DynamicNet(nn.Module):
         out[active] = z
         return DynamicOutput(out, exit_index, ran, tried, path)
 
-
     def _infer_one(self, x: torch.Tensor) -> DynamicOutput:
         """Batch 1 on Python scalars: the same decisions as the batched path without its
         index bookkeeping (~40 us per gated block and per exit at this model's size)."""
