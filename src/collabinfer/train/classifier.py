@@ -95,6 +95,12 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 500) -> float:
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 
 
+def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (one draw per image from ``g``)."""
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
 def train_classifier(
     config: TrainConfig,
     train: Dataset,
@@ -129,8 +135,7 @@ def train_classifier(
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = train.images[idx], train.labels[idx]
             if config.hflip:
-                flip = torch.rand(x.shape[0], generator=g) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                x = random_hflip(x, g)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

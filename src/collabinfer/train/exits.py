@@ -40,14 +40,13 @@ from collabinfer.model.calibration import (
 )
 from collabinfer.model.checkpoint import (
     Checkpoint,
-    config_key,
-    default_cache_dir,
+    derived_path,
     load_checkpoint,
     save_checkpoint,
-    weights_hash,
 )
 from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import is_gated
+from collabinfer.train.classifier import random_hflip
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 
@@ -161,8 +160,7 @@ def train_exits(
                 idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
                 x, y = train.images[idx], train.labels[idx]
                 if config.hflip:
-                    flip = torch.rand(x.shape[0], generator=g) < 0.5
-                    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                    x = random_hflip(x, g)
                 if joint:
                     feats = _features(net, x, exits.cuts)
                 else:
@@ -244,14 +242,6 @@ def calibrate_exits(
     return out
 
 
-def _cached_path(
-    config: ExitConfig, backbone: BlockNet, train: Dataset, cache: Path | None
-) -> tuple[Path, str]:
-    src = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
-    key = config_key(src, train.digest)
-    return (cache or default_cache_dir()) / "checkpoints" / f"exits-{key}.pt", key
-
-
 def train_or_load_exits(
     config: ExitConfig,
     backbone: BlockNet,
@@ -264,7 +254,7 @@ def train_or_load_exits(
     # checked before the cache too: a hit must not hide a test split handed in by mistake
     require_tuning_split(train, "exit training")
     require_tuning_split(val, "exit validation")
-    path, key = _cached_path(config, backbone, train, cache)
+    path, key = derived_path("exits", dataclasses.asdict(config), backbone, train.digest, cache)
     if path.exists():
         ck = load_checkpoint(path, model_name="exits", key=key)
         exits = ExitBranches.for_model(

@@ -29,13 +29,12 @@ from collabinfer.errors import CheckpointError, ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import (
     Checkpoint,
-    config_key,
-    default_cache_dir,
+    derived_path,
     load_checkpoint,
     save_checkpoint,
-    weights_hash,
 )
 from collabinfer.model.gates import gate_net, gate_rates, gated_blocks
+from collabinfer.train.classifier import random_hflip
 from collabinfer.train.exits import require_tuning_split
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
@@ -135,8 +134,7 @@ def train_gates(
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
             x, y = train.images[idx], train.labels[idx]
             if config.hflip:
-                flip = torch.rand(x.shape[0], generator=g) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                x = random_hflip(x, g)
             logits = net(x)
             rates = gate_rates(net)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -172,14 +170,6 @@ def train_gates(
     return net, stats
 
 
-def _cached_path(
-    config: GateConfig, backbone: BlockNet, train: Dataset, cache: Path | None
-) -> tuple[Path, str]:
-    src = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
-    key = config_key(src, train.digest)
-    return (cache or default_cache_dir()) / "checkpoints" / f"gates-{key}.pt", key
-
-
 def train_or_load_gates(
     config: GateConfig,
     backbone: BlockNet,
@@ -192,7 +182,7 @@ def train_or_load_gates(
     # checked before the cache too: a hit must not hide a test split handed in by mistake
     require_tuning_split(train, "gate training")
     require_tuning_split(val, "gate validation")
-    path, key = _cached_path(config, backbone, train, cache)
+    path, key = derived_path("gates", dataclasses.asdict(config), backbone, train.digest, cache)
     if path.exists():
         ck = load_checkpoint(path, model_name="gates", key=key)
         net = gate_net(backbone, config.hidden, config.tau)
@@ -228,7 +218,7 @@ def default_gates(
     from collabinfer.data.fashion_mnist import load_split
 
     tr, va = load_split("train", data_root), load_split("val", data_root)
-    path, _ = _cached_path(config, backbone, tr, cache)
+    path, _ = derived_path("gates", dataclasses.asdict(config), backbone, tr.digest, cache)
     if not train and not path.exists():
         raise CheckpointError(
             f"no trained gates in the cache ({path}): run `collabinfer demo` once to train them"
