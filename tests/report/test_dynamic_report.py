@@ -163,6 +163,17 @@ def test_missing_speedups_show_a_dash_not_zero() -> None:
     assert gates_row.count("—") >= 4  # throughput, two speed-ups, ratio
 
 
+def test_per_exit_accuracy_is_shown_and_checked() -> None:
+    data = _data()
+    point = next(p for p in data["points"] if "exit_fractions" in p)
+    point["exit_accuracy"] = [0.995, None, 0.81]
+    md = markdown(data)
+    assert "(99.5%)" in md and "(81.0%)" in md
+    point["exit_accuracy"] = [0.9, 0.8]  # one short
+    with pytest.raises(ConfigError, match="exit_accuracy"):
+        markdown(data)
+
+
 def test_write_dynamic_writes_json_md_and_valid_pngs(tmp_path: Path) -> None:
     data = _data()
     paths = write_dynamic(data, tmp_path / "run")

@@ -47,6 +47,7 @@ class Point:
     throughput_b32: float | None = None
     val_accuracy: float | None = None
     exit_fractions: tuple[float, ...] | None = None
+    exit_accuracy: tuple[float | None, ...] | None = None  # accuracy of those leaving there
     exit_names: tuple[str, ...] | None = None
     speedup_flops: float | None = None
     speedup_measured: float | None = None
@@ -145,6 +146,12 @@ def _list(d: Any, key: str, where: str, optional: bool = True) -> list[Any]:
 def _point(d: Any, where: str) -> Point:
     fr = _list(d, "exit_fractions", where)
     names = _list(d, "exit_names", where)
+    accs = _list(d, "exit_accuracy", where)
+    if accs and len(accs) != len(fr):
+        raise ConfigError(f"dynamic results: {where}.exit_accuracy must match exit_fractions")
+    for i, a in enumerate(accs):
+        if a is not None and (isinstance(a, bool) or not isinstance(a, int | float)):
+            raise ConfigError(f"dynamic results: {where}.exit_accuracy[{i}] is not a number")
     for i, f in enumerate(fr):
         if isinstance(f, bool) or not isinstance(f, int | float):
             raise ConfigError(f"dynamic results: {where}.exit_fractions[{i}] is not a number")
@@ -159,6 +166,7 @@ def _point(d: Any, where: str) -> Point:
         throughput_b32=_opt(d, "throughput_b32", where),
         val_accuracy=_opt(d, "val_accuracy", where),
         exit_fractions=tuple(float(f) for f in fr) or None,
+        exit_accuracy=tuple(None if a is None else float(a) for a in accs) or None,
         exit_names=tuple(str(n) for n in names) or None,
         speedup_flops=_opt(d, "speedup_flops", where),
         speedup_measured=_opt(d, "speedup_measured", where),
@@ -332,12 +340,15 @@ def _exits_table(res: DynamicResult) -> list[str]:
 
 def _distribution_table(pts: list[Point]) -> list[str]:
     lines = [
-        "| method | setting | leaves at (fraction of inputs) | wasted MFLOPs/input |",
+        "| method | setting | leaves at (fraction of inputs; accuracy of those) "
+        "| wasted MFLOPs/input |",
         "|---|---|---|---|",
     ]
     for p in pts:
+        accs = p.exit_accuracy or (None,) * len(p.exit_fractions or ())
         dist = " · ".join(
-            f"{n} {f:.1%}" for n, f in zip(p.names(), p.exit_fractions or (), strict=True)
+            f"{n} {f:.1%}" + (f" ({a:.1%})" if a is not None else "")
+            for n, f, a in zip(p.names(), p.exit_fractions or (), accs, strict=True)
         )
         lines.append(
             f"| {_cell(p.method)} | {_cell(p.setting)} | {_cell(dist)} | "
