@@ -218,7 +218,7 @@ def make_dynamic_candidate(
     chosen = calibrated_rule(records, flops_table(net, exits), max_drop=max_drop, path_aware=True)
     name = full_name + GATES_SUFFIX
     with one_thread():
-        rates = {i: float(r) for i, r in _exec_rates(net, records).items()}
+        rates = _exec_rates(net, records)
         profile = with_gate_rates(profile_model(net, name, repeats=repeats), rates)
         g = torch.Generator().manual_seed(0)
         acts = [torch.rand((1, *(net.input_shape or ())), generator=g)]
