@@ -196,29 +196,14 @@ def train_exits(
     return net, exits, stats
 
 
-@torch.inference_mode()
-def exit_logits(
-    backbone: BlockNet, exits: ExitBranches, data: Dataset, batch_size: int = 500
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw logits of every exit on every input ``(E, N, C)`` and the final logits ``(N, C)``."""
-    backbone.eval()
-    exits.eval()
-    per_exit: list[list[torch.Tensor]] = [[] for _ in exits.cuts]
-    final = []
-    for i in range(0, len(data), batch_size):
-        feats = _features(backbone, data.images[i : i + batch_size], exits.cuts)
-        for e in range(len(exits)):
-            per_exit[e].append(exits.logits(e, feats[e]))
-        final.append(feats[-1])
-    return torch.stack([torch.cat(p) for p in per_exit]), torch.cat(final)
-
-
 def calibrate_exits(
     backbone: BlockNet, exits: ExitBranches, val: Dataset, bins: int = 15
 ) -> list[ExitCalibration]:
     """Fit one temperature per exit on ``val`` and set it; ECE before and after."""
+    from collabinfer.train.exit_rules import record_exits  # it imports this module
+
     require_tuning_split(val, "exit calibration")
-    logits, _ = exit_logits(backbone, exits, val)
+    logits = record_exits(backbone, exits, val).logits
     out, temps = [], []
     for e in range(len(exits)):
         lg = logits[e]
