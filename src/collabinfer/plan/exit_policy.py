@@ -27,7 +27,7 @@ import torch
 from collabinfer.errors import ConfigError
 from collabinfer.model.dynamic import ExitRule
 from collabinfer.model.exits import ExitBranches
-from collabinfer.plan.policy import EXIT, Action, Decision, ExitAttempt, Policy
+from collabinfer.plan.policy import EXIT, Decision, ExitAttempt, Policy
 from collabinfer.runtime.state import PathEntry, State
 
 
@@ -114,4 +114,4 @@ class ExitingPolicy:
         self.inner.observe_transfer(link, nbytes, seconds, at_s)
 
 
-__all__ = ["Action", "DeviceExits", "ExitingPolicy"]
+__all__ = ["DeviceExits", "ExitingPolicy"]
