@@ -70,6 +70,24 @@ def _named_tasks(progress: Progress, every: int = 1) -> Callable[[str, int, int]
     return cb
 
 
+def _training_tasks(
+    cb: Callable[[str, int, int], None], label: str | None = None
+) -> Callable[[str, int, int, dict[str, float]], None]:
+    """Adapt a recipe's ``(phase, step, total, stats)`` callback to one bar per phase
+    (or one bar called ``label``)."""
+
+    def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+        cb(label or f"train {phase}", step, total)
+
+    return tcb
+
+
+def _wrote_experiment(md: Path, paths: list[Path], t0: float) -> None:
+    console.print(md.read_text())
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    console.print(f"done in {time.perf_counter() - t0:.0f} s")
+
+
 def _fail(exc: CollabInferError) -> typer.Exit:
     console.print(f"[red]error:[/red] {exc}")
     return typer.Exit(2)
@@ -170,11 +188,7 @@ def dynamic_candidate(
 
     train, val = load_split("train", data), load_split("val", data)
     with _progress() as progress:
-        cb = _named_tasks(progress, every=10)
-
-        def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
-            cb(f"train {phase}", step, total)
-
+        tcb = _training_tasks(_named_tasks(progress, every=10))
         return make_dynamic_candidate(
             full, name, full_metrics["val_acc"], train, val, cfg.dynamic_max_drop, cache, tcb
         )
@@ -423,17 +437,12 @@ def rate_accuracy_cmd(
         train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
         with _progress() as progress:
             cb = _named_tasks(progress)
-
-            def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
-                cb("train bottlenecks", step, total)
-
+            tcb = _training_tasks(cb, "train bottlenecks")
             result = run_rate_accuracy(cfg, teacher, train, val, test, cache, cb, tcb)
         paths = write_rate_accuracy(result, out)
     except CollabInferError as exc:
         raise _fail(exc) from exc
-    console.print((out / "rate_accuracy.md").read_text())
-    console.print("wrote " + ", ".join(str(p) for p in paths))
-    console.print(f"done in {time.perf_counter() - t0:.0f} s")
+    _wrote_experiment(out / "rate_accuracy.md", paths, t0)
 
 
 @experiment_app.command("dynamic")
@@ -459,17 +468,11 @@ def dynamic_cmd(
         train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
         with _progress() as progress:
             cb = _named_tasks(progress)
-
-            def tcb(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
-                cb(f"train {phase}", step, total)
-
-            result = run_dynamic(cfg, backbone, train, val, test, cache, cb, tcb)
+            result = run_dynamic(cfg, backbone, train, val, test, cache, cb, _training_tasks(cb))
         paths = write_dynamic(result.to_json_dict(), out)
     except CollabInferError as exc:
         raise _fail(exc) from exc
-    console.print((out / "dynamic.md").read_text())
-    console.print("wrote " + ", ".join(str(p) for p in paths))
-    console.print(f"done in {time.perf_counter() - t0:.0f} s")
+    _wrote_experiment(out / "dynamic.md", paths, t0)
 
 
 @app.command("report")

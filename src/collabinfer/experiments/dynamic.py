@@ -294,11 +294,22 @@ def run_dynamic(
     infers.append(base.infer)
     tick("static backbone")
 
-    def sweep(
-        method: str, net: BlockNet, exits: ExitBranches, path_aware: bool = False
-    ) -> ExitRecords:
+    def sweep(net: BlockNet, exits: ExitBranches, *methods: tuple[str, bool]) -> ExitRecords:
+        """Every ``(method, path_aware)`` on one exit set, from one validation record."""
         flops = flops_table(net, exits)
         rec = record_exits(net, exits, val)
+        for method, path_aware in methods:
+            sweep_one(method, net, exits, path_aware, flops, rec)
+        return rec
+
+    def sweep_one(
+        method: str,
+        net: BlockNet,
+        exits: ExitBranches,
+        path_aware: bool,
+        flops: FlopsTable,
+        rec: ExitRecords,
+    ) -> None:
         names = [*exits.names, "final"]
         chosen: list[tuple[str, ChosenRule]] = []
         for drop in cfg.max_drops:
@@ -331,15 +342,13 @@ def run_dynamic(
                 )
             )
             tick(f"{method} {setting}")
-        return rec
 
     ex = train_or_load_exits(cfg.exits, backbone, train, val, cache, train_progress)
-    rec = sweep("entropy exits", ex.backbone, ex.exits)
-    sweep("calibrated exits", ex.backbone, ex.exits)
+    rec = sweep(ex.backbone, ex.exits, ("entropy exits", False), ("calibrated exits", False))
     calib += _calibration_rows("calibrated exits", ex.backbone, ex.exits, rec, data)
     if cfg.joint is not None:
         jx = train_or_load_exits(cfg.joint, backbone, train, val, cache, train_progress)
-        rec = sweep("calibrated exits (joint)", jx.backbone, jx.exits)
+        rec = sweep(jx.backbone, jx.exits, ("calibrated exits (joint)", False))
         calib += _calibration_rows("calibrated exits (joint)", jx.backbone, jx.exits, rec, data)
     tg = train_or_load_gates(cfg.gates, backbone, train, val, cache, train_progress)
     gflops = flops_table(tg.net)
@@ -349,8 +358,7 @@ def run_dynamic(
     points.append(_point("gates", rate_setting, gm, [], val_accuracy=tg.metrics.get("val_acc")))
     tick("gates")
     gx = train_or_load_exits(cfg.gated_exits, tg.net, train, val, cache, train_progress)
-    rec = sweep("gates + exits", tg.net, gx.exits)
-    sweep("gates + path-aware exits", tg.net, gx.exits, path_aware=True)
+    rec = sweep(tg.net, gx.exits, ("gates + exits", False), ("gates + path-aware exits", True))
     calib += _calibration_rows("gates + exits", tg.net, gx.exits, rec, data)
     _, test_rates = gated_accuracy(tg.net, data)
     gate_rows = [

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from collabinfer.errors import CheckpointError
-from collabinfer.model.blocks import BlockNet
 
 FORMAT_VERSION = 1
 
@@ -129,10 +128,14 @@ def load_checkpoint(
     return ckpt
 
 
-def load_weights(model: BlockNet, ckpt: Checkpoint, path: Path | str = "<checkpoint>") -> None:
-    """Load a checkpoint's weights; a shape or name mismatch is a :class:`CheckpointError`."""
+def load_weights(
+    model: torch.nn.Module, ckpt: Checkpoint, path: Path | str = "<checkpoint>", prefix: str = ""
+) -> None:
+    """Load a checkpoint's weights (only the keys under ``prefix``, with it stripped);
+    a shape or name mismatch is a :class:`CheckpointError`."""
+    state = {k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"checkpoint {path} does not fit model {ckpt.model_name!r}: {str(exc)[:300]}"

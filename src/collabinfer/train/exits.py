@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from collabinfer.data.fashion_mnist import Dataset
-from collabinfer.errors import CheckpointError, ConfigError
+from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.calibration import (
     ReliabilityBin,
@@ -42,6 +42,7 @@ from collabinfer.model.checkpoint import (
     Checkpoint,
     derived_path,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from collabinfer.model.exits import ExitBranches
@@ -245,19 +246,11 @@ def train_or_load_exits(
         exits = ExitBranches.for_model(
             backbone, config.cuts, width=config.width, depth=config.head_depth
         )
+        load_weights(exits, ck, path, prefix="exits.")
         net = backbone
-        try:
-            exits.load_state_dict(
-                {k[6:]: v for k, v in ck.state_dict.items() if k.startswith("exits.")}
-            )
-            if config.joint_epochs:
-                net = copy.deepcopy(backbone)
-                net.load_state_dict(
-                    {k[9:]: v for k, v in ck.state_dict.items() if k.startswith("backbone.")}
-                )
-        except RuntimeError as exc:
-            raise CheckpointError(f"exit checkpoint {path} does not fit: {str(exc)[:300]}") from exc
         if config.joint_epochs:
+            net = copy.deepcopy(backbone)
+            load_weights(net, ck, path, prefix="backbone.")
             for p in net.parameters():
                 p.requires_grad_(False)
         return TrainedExits(net.eval(), exits.eval(), config, ck.metrics, path, True)

@@ -31,6 +31,7 @@ from collabinfer.model.checkpoint import (
     Checkpoint,
     derived_path,
     load_checkpoint,
+    load_weights,
     save_checkpoint,
 )
 from collabinfer.model.gates import gate_net, gate_rates, gated_blocks
@@ -186,10 +187,7 @@ def train_or_load_gates(
     if path.exists():
         ck = load_checkpoint(path, model_name="gates", key=key)
         net = gate_net(backbone, config.hidden, config.tau)
-        try:
-            net.load_state_dict(ck.state_dict)
-        except RuntimeError as exc:
-            raise CheckpointError(f"gate checkpoint {path} does not fit: {str(exc)[:300]}") from exc
+        load_weights(net, ck, path)
         for p in net.parameters():
             p.requires_grad_(False)
         return TrainedGates(net.eval(), config, ck.metrics, path, True)
