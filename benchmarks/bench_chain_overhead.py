@@ -18,10 +18,10 @@ import torch
 
 from collabinfer.model.zoo import create_model
 from collabinfer.plan.cost import Plan, evaluate_plan
-from collabinfer.plan.policy import StaticPolicy
 from collabinfer.plan.profile import profile_model
 from collabinfer.runtime.chain import Chain
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.runtime.policy import StaticPolicy
+from collabinfer.topology.tiers import TierSpec
 
 
 def main() -> None:

@@ -52,10 +52,10 @@ from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import profile_model
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import LinkProfile
-from collabinfer.runtime.tier import TierSpec
 from collabinfer.serve.client import DeviceClient
 from collabinfer.serve.server import ServerConfig, load_served_model
+from collabinfer.topology.links import LinkProfile
+from collabinfer.topology.tiers import TierSpec
 
 LOOPBACK = LinkProfile("loopback", 1000.0, 0.2)
 MAX_PER_CLIENT = 20_000  # a bound on each client's loop, whatever the clock says

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from collabinfer.plan.planner import Planner, exhaustive_plan
-from collabinfer.runtime.link import PROFILES
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.topology.links import PROFILES
+from collabinfer.topology.tiers import TierSpec
 from plan.helpers import random_profile
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     ex = exhaustive_plan(profile, tiers, links[0], min_device_blocks=1)
     ex_ms = (time.perf_counter() - t0) * 1e3
     dp = planner.plan(links[0])
-    same = abs(dp.predicted.latency_ms - ex.predicted.latency_ms) < 1e-6
+    same = abs(dp.cost.latency_ms - ex.cost.latency_ms) < 1e-6
     print(
         f"re-plan, {args.blocks} blocks, 3 tiers, {len(planner.codec_names)} codecs: "
         f"median {med:.3f} ms, p95 {p95:.3f} ms over {args.repeats} calls (target <= 1 ms)"

@@ -14,7 +14,7 @@ Example::
     >>> tiers = [ci.TierSpec("device", 50.0), ci.TierSpec("edge")]
     >>> plan = ci.Planner(prof, tiers).plan([ci.get_profile("lte")])
     >>> link = ci.SimulatedLink(ci.get_profile("lte"))
-    >>> chain = ci.Chain(net, tiers, [link], ci.StaticPolicy(plan))
+    >>> chain = ci.Chain(net, tiers, [link], ci.StaticPolicy(plan), profile=prof)
     >>> import torch
     >>> chain.run(torch.rand(1, 1, 28, 28)).output.shape
     torch.Size([1, 10])
@@ -40,24 +40,17 @@ from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import gate_net
 from collabinfer.model.zoo import ModelSpec, create_model, list_models, register_model
 from collabinfer.plan.cost import Plan, PlanCost, PowerModel, evaluate_plan
-from collabinfer.plan.exit_policy import DeviceExits, ExitingPolicy
 from collabinfer.plan.planner import Planner
-from collabinfer.plan.policy import Action, AdaptivePolicy, Decision, Policy, StaticPolicy
 from collabinfer.plan.profile import Profile, profile_model
 from collabinfer.plan.thresholds import ExitProblem, solve_thresholds
 from collabinfer.runtime.chain import Chain, ChainResult
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import (
-    PROFILES,
-    BandwidthTrace,
-    Link,
-    LinkProfile,
-    SimulatedLink,
-    get_profile,
-    synthetic_trace,
-)
+from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.runtime.link import BandwidthTrace, Link, SimulatedLink, synthetic_trace
+from collabinfer.runtime.policy import Action, AdaptivePolicy, Decision, Policy, StaticPolicy
 from collabinfer.runtime.state import State, Step, StepKind, Trace
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.topology.links import PROFILES, LinkProfile, get_profile
+from collabinfer.topology.tiers import TierSpec
 from collabinfer.train import TrainConfig, train_or_load
 
 __version__ = "0.1.0"

@@ -12,8 +12,8 @@ from collabinfer.model.bottleneck import Bottleneck, bottleneck_net, deploy
 from collabinfer.model.zoo import create_model
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import profile_model
-from collabinfer.runtime.link import LinkProfile
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.topology.links import LinkProfile
+from collabinfer.topology.tiers import TierSpec
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,15 @@ from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import gate_net, gated_blocks, gates_forced
 from collabinfer.model.zoo import create_model
 from collabinfer.plan.cost import Plan, evaluate_plan
-from collabinfer.plan.exit_policy import DeviceExits, ExitingPolicy
-from collabinfer.plan.policy import StaticPolicy
 from collabinfer.plan.profile import Profile, profile_model
 from collabinfer.runtime.chain import Chain, ChainResult
-from collabinfer.runtime.link import Link, LinkProfile, SimulatedLink
+from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.runtime.link import Link, SimulatedLink
+from collabinfer.runtime.policy import StaticPolicy
 from collabinfer.runtime.state import PathEntry, StepKind
-from collabinfer.runtime.tier import TierSpec
 from collabinfer.testing.links import MockLink
+from collabinfer.topology.links import LinkProfile
+from collabinfer.topology.tiers import TierSpec
 
 TIERS = [TierSpec("device", 1.0), TierSpec("edge", 1.0)]
 SLOW_DEVICE = [TierSpec("device", 100.0), TierSpec("edge", 1.0)]

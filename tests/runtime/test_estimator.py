@@ -8,7 +8,8 @@ import pytest
 
 from collabinfer.errors import ConfigError
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import BandwidthTrace, LinkProfile, SimulatedLink, get_profile
+from collabinfer.runtime.link import BandwidthTrace, SimulatedLink
+from collabinfer.topology.links import LinkProfile, get_profile
 
 
 def run(link: SimulatedLink, est: LinkEstimator, n: int, nbytes: int, t: float) -> float:

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from fastapi import FastAPI
 from collabinfer.codec import get_codec
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.zoo import create_model
+from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import (
     FEATURE_CODECS,
     INPUT_CODECS,
@@ -29,9 +31,12 @@ from collabinfer.plan.profile import (
     Profile,
 )
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import LinkProfile
+from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.runtime.policy import AdaptivePolicy, Policy
 from collabinfer.serve import ServerConfig, create_app, serve_in_thread
+from collabinfer.serve.client import DeviceClient
 from collabinfer.serve.relay import RelayThread
+from collabinfer.topology.links import LinkProfile
 
 LOOPBACK = LinkProfile("loopback", 1000.0, 1.0)
 FROZEN = 1e-9  # an EWMA weight so small that estimates never move: plans stay put
@@ -59,6 +64,24 @@ def synthetic_profile(net: BlockNet, name: str, times_ms: Sequence[float]) -> Pr
         }
         cut_profiles.append(CutProfile(cut.index, cut.name, cut.shape, costs))
     return Profile(name, blocks, tuple(cut_profiles), 1, "synthetic")
+
+
+def device_client(
+    net: BlockNet,
+    name: str,
+    url: str,
+    planner: Planner,
+    ests: Sequence[LinkEstimator],
+    *,
+    exits: DeviceExits | None = None,
+    **kwargs: Any,
+) -> DeviceClient:
+    """A client under an adaptive policy over ``planner`` (charged from its profile),
+    trying ``exits`` on the device when given."""
+    policy: Policy = AdaptivePolicy(planner, ests)
+    if exits is not None:
+        policy = ExitingPolicy(policy, exits)
+    return DeviceClient(net, name, url, policy, planner.tiers, profile=planner.profile, **kwargs)
 
 
 def estimators(*links: LinkProfile, alpha: float = FROZEN) -> list[LinkEstimator]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import statistics
 import threading
+import time
 
 import httpx
 import pytest
@@ -20,13 +22,21 @@ from collabinfer.errors import ConfigError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.planner import Planner
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import LinkProfile, wire_bytes
 from collabinfer.runtime.state import StepKind
-from collabinfer.runtime.tier import TierSpec
 from collabinfer.serve import ServerConfig, create_app, decode_request
 from collabinfer.serve.client import ClientResult, DeviceClient
+from collabinfer.topology.links import LinkProfile, wire_bytes
+from collabinfer.topology.tiers import TierSpec
 
-from .conftest import LOOPBACK, ServerThread, estimators, free_port, grid_images, synthetic_profile
+from .conftest import (
+    LOOPBACK,
+    ServerThread,
+    device_client,
+    estimators,
+    free_port,
+    grid_images,
+    synthetic_profile,
+)
 
 WAN_SLOW = LinkProfile("wan-slow", 1.0, 1.0)  # makes the edge run blocks before the WAN
 
@@ -76,7 +86,7 @@ def test_three_tiers_over_sockets_match_the_in_process_forward(
     edge = start_server(edge_config(cloud.url), tiny_net)
     planner = three_tier_planner(tiny_net, ["fp32"])
     assert planner.plan([LOOPBACK, WAN_SLOW]).boundaries == (0, 1, 3, 4)
-    client = DeviceClient(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK, WAN_SLOW))
+    client = device_client(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK, WAN_SLOW))
     xs = grid_images(4)
     results = run_all(client, xs)
     with torch.inference_mode():  # batch 1, as each input ran (batched convs round differently)
@@ -100,7 +110,7 @@ def test_three_tiers_int8_within_codec_tolerance(tiny_net: BlockNet, start_serve
     cloud = start_server(ServerConfig("cloud", tier_index=2), tiny_net)
     edge = start_server(edge_config(cloud.url), tiny_net)
     planner = three_tier_planner(tiny_net, ["u8", "int8"])
-    client = DeviceClient(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK, WAN_SLOW))
+    client = device_client(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK, WAN_SLOW))
     xs = grid_images(3, seed=1)
     results = run_all(client, xs)
     for r, x in zip(results, xs, strict=True):
@@ -114,7 +124,7 @@ def test_three_tiers_int8_within_codec_tolerance(tiny_net: BlockNet, start_serve
 
 def test_server_down_every_input_finishes_on_the_device(tiny_net: BlockNet) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens
-    client = DeviceClient(
+    client = device_client(
         tiny_net, "tiny-cnn", url, two_tier_planner(tiny_net), estimators(LOOPBACK)
     )
     xs = grid_images(5)
@@ -134,23 +144,28 @@ def test_deadline_overrun_falls_back(tiny_net: BlockNet, start_server, start_rel
     edge = start_server(edge_config(), tiny_net)
     slow = start_relay(edge.url, LinkProfile("stuck", 100.0, 4000.0))  # 2 s each way
     planner = two_tier_planner(tiny_net)
-    client = DeviceClient(tiny_net, "tiny-cnn", slow, planner, estimators(LOOPBACK), deadline_s=0.3)
+    client = device_client(
+        tiny_net, "tiny-cnn", slow, planner, estimators(LOOPBACK), deadline_s=0.3
+    )
     (r,) = run_all(client, grid_images(1))
     assert r.fell_back and r.raw_input_left_device  # the pixels did leave before the timeout
     assert r.attempts == 1  # no budget left for a retry
-    assert 250 < r.latency_ms < 1000
+    # it gave up at the deadline, not before, and did not wait for the 4 s round trip
+    assert 300.0 <= r.latency_ms < 4000.0
 
 
 def test_a_refused_request_is_a_tier_error(tiny_net: BlockNet, start_server) -> None:
     edge = start_server(edge_config(token="s3cret"), tiny_net)
     planner = two_tier_planner(tiny_net)
     x = grid_images(1)
-    ok = DeviceClient(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK), token="s3cret")
+    ok = device_client(
+        tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK), token="s3cret"
+    )
     (r,) = run_all(ok, x)
     assert not r.fell_back and r.answered_by == 1 and r.raw_input_left_device
     with pytest.raises(TierError, match="401"):
-        run_all(DeviceClient(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK)), x)
-    wrong = DeviceClient(
+        run_all(device_client(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK)), x)
+    wrong = device_client(
         tiny_net,
         "tiny-cnn",
         edge.url,
@@ -177,7 +192,7 @@ def test_retry_reuses_the_request_id(tiny_net: BlockNet) -> None:
         return await asgi.handle_async_request(request)
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    client = DeviceClient(
+    client = device_client(
         tiny_net,
         "tiny-cnn",
         "http://edge",
@@ -204,7 +219,7 @@ def test_run_many_answers_every_input_once_and_learns_the_link(
 ) -> None:
     edge = start_server(edge_config(batch_window_ms=2.0, max_batch=8), tiny_net)
     est = estimators(LinkProfile("guess", 5.0, 50.0), alpha=0.3)
-    client = DeviceClient(tiny_net, "tiny-cnn", edge.url, two_tier_planner(tiny_net), est)
+    client = device_client(tiny_net, "tiny-cnn", edge.url, two_tier_planner(tiny_net), est)
     xs = grid_images(24, seed=2)
     with torch.inference_mode():
         labels = tiny_net(xs).argmax(1)
@@ -225,17 +240,25 @@ def test_run_many_answers_every_input_once_and_learns_the_link(
     assert summary.latency_p50_ms <= summary.latency_p95_ms
     assert summary.throughput > 0
     assert est[0].samples >= 24  # one per input, plus the RTT pings
-    assert est[0].rtt_ms < 10.0, "loopback RTT learned from a 50 ms first guess"
+    # the RTT estimate moved from the 50 ms first guess toward the loopback RTT,
+    # measured here by the same kind of ping (a relation, not a wall-clock bound)
+    pings = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        httpx.get(f"{edge.url}/v2/health/live", trust_env=False)
+        pings.append((time.perf_counter() - t0) * 1e3)
+    truth = statistics.median(pings)
+    assert abs(est[0].rtt_ms - truth) < abs(50.0 - truth), (est[0].rtt_ms, truth)
 
 
 def test_bad_construction_is_a_config_error(tiny_net: BlockNet) -> None:
     planner = two_tier_planner(tiny_net)
     with pytest.raises(ConfigError):
-        DeviceClient(tiny_net, "tiny-cnn", "http://x", planner, estimators(LOOPBACK, LOOPBACK))
+        device_client(tiny_net, "tiny-cnn", "http://x", planner, estimators(LOOPBACK, LOOPBACK))
     with pytest.raises(ConfigError):
-        DeviceClient(tiny_net, "tiny-cnn", "ftp://x", planner, estimators(LOOPBACK))
+        device_client(tiny_net, "tiny-cnn", "ftp://x", planner, estimators(LOOPBACK))
     with pytest.raises(ConfigError):
-        DeviceClient(tiny_net, "tiny-cnn", "http://x", planner, estimators(LOOPBACK), retries=-1)
+        device_client(tiny_net, "tiny-cnn", "http://x", planner, estimators(LOOPBACK), retries=-1)
 
 
 def _learn_link(
@@ -247,7 +270,7 @@ def _learn_link(
     tiers = [TierSpec("device", 10.0), TierSpec("edge", 1.0)]
     planner = Planner(synthetic_profile(net, "tiny-cnn", [50.0] * 4), tiers, codecs=["fp32"])
     (est,) = estimators(LinkProfile("wifi-guess", 18.88, 10.0), alpha=0.3)
-    client = DeviceClient(net, "tiny-cnn", shaped, planner, [est], rtt_probe_s=0.1)
+    client = device_client(net, "tiny-cnn", shaped, planner, [est], rtt_probe_s=0.1)
     results = run_all(client, grid_images(20))
     print(f"\n{link.name}: estimated {est.rtt_ms:.1f} ms, {est.bandwidth_mbps:.2f} Mbit/s")
     assert not any(r.fell_back for r in results)
@@ -283,7 +306,7 @@ def test_edge_killed_mid_run_then_restarted(tiny_net: BlockNet, start_server) ->
     """
     n, kill_at, restart_at = 500, 150, 300
     edge: ServerThread = start_server(edge_config(), tiny_net)
-    client = DeviceClient(
+    client = device_client(
         tiny_net, "tiny-cnn", edge.url, two_tier_planner(tiny_net), estimators(LOOPBACK)
     )
     xs = grid_images(n, seed=3)

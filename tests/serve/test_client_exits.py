@@ -22,16 +22,16 @@ from collabinfer.model.checkpoint import weights_hash
 from collabinfer.model.dynamic import ExitRule
 from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import gated_blocks, is_gated
-from collabinfer.plan.exit_policy import DeviceExits
 from collabinfer.plan.planner import Planner
-from collabinfer.runtime.link import LinkProfile
+from collabinfer.runtime.exit_policy import DeviceExits
 from collabinfer.runtime.state import StepKind
-from collabinfer.runtime.tier import TierSpec
 from collabinfer.serve import ServerConfig
 from collabinfer.serve.client import ClientResult, DeviceClient
 from collabinfer.serve.server import load_served_model
+from collabinfer.topology.links import LinkProfile
+from collabinfer.topology.tiers import TierSpec
 
-from .conftest import estimators, grid_images, synthetic_profile
+from .conftest import device_client, estimators, grid_images, synthetic_profile
 from .tier_helpers import metric
 
 FACTOR = 10.0  # the device's speed factor
@@ -89,7 +89,7 @@ def test_a_firing_exit_answers_on_the_device_and_sends_nothing(
 ) -> None:
     edge = start_server(ServerConfig("edge", tier_index=1), tiny_net)
     heads, exits = exits_at_1(tiny_net, 0.0)
-    client = DeviceClient(
+    client = device_client(
         tiny_net,
         "tiny-cnn",
         edge.url,
@@ -121,7 +121,7 @@ def test_an_exit_that_does_not_fire_offloads_as_before(
 ) -> None:
     edge = start_server(ServerConfig("edge", tier_index=1), tiny_net)
     _, exits = exits_at_1(tiny_net, threshold)
-    client = DeviceClient(
+    client = device_client(
         tiny_net,
         "tiny-cnn",
         edge.url,
@@ -160,7 +160,7 @@ def test_a_gated_model_over_the_wire_equals_local_and_records_its_path(
     assert weights_hash(device_net) == weights_hash(server_net)
     edge = start_server(ServerConfig("edge", tier_index=1), server_net, name=GATED)
     planner = (offload_at_1 if where == "edge" else offload_at_3)(device_net)
-    client = DeviceClient(device_net, GATED, edge.url, planner, estimators(SLOW), rtt_probe_s=None)
+    client = device_client(device_net, GATED, edge.url, planner, estimators(SLOW), rtt_probe_s=None)
     x = grid_images(1, seed=3)
     r = run_one(client, x)
     local = load_gated(skip)

@@ -44,14 +44,14 @@ import torch
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.cost import Plan, evaluate_plan, serialisation_ms
 from collabinfer.plan.planner import Planner
-from collabinfer.runtime.link import LinkProfile, get_profile
 from collabinfer.runtime.state import StepKind
-from collabinfer.runtime.tier import TierSpec
 from collabinfer.serve import ServerConfig
 from collabinfer.serve.client import ClientResult, DeviceClient
 from collabinfer.serve.relay import RelayStats, RelayThread
+from collabinfer.topology.links import LinkProfile, get_profile
+from collabinfer.topology.tiers import TierSpec
 
-from .conftest import estimators, grid_images, synthetic_profile
+from .conftest import device_client, estimators, grid_images, synthetic_profile
 
 UPLINK = get_profile("lte")  # 5.85 Mbit/s, RTT 50 ms
 # Slower than the built-in "wan" (100 Mbit/s) on purpose, so that its serialisation
@@ -131,7 +131,7 @@ def _url(relay: RelayThread) -> str:
 
 def _client(net: BlockNet, url: str) -> DeviceClient:
     links = (UPLINK, BACKBONE)
-    return DeviceClient(
+    return device_client(
         net,
         "tiny-cnn",
         url,

@@ -19,13 +19,14 @@ import time
 import pytest
 
 from collabinfer.errors import ConfigError
-from collabinfer.runtime.link import BandwidthTrace, LinkProfile, get_profile, wire_bytes
+from collabinfer.runtime.link import BandwidthTrace
 from collabinfer.serve.relay import (
     DelaySampler,
     RelayThread,
     ShapingRelay,
     parse_address,
 )
+from collabinfer.topology.links import LinkProfile, get_profile, wire_bytes
 
 LTE = LinkProfile("lte-test", 5.85, 50.0)
 ACK = 32

@@ -44,20 +44,15 @@ from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.cost import Plan, evaluate_plan
-from collabinfer.plan.exit_policy import DeviceExits, ExitingPolicy
 from collabinfer.plan.planner import Planner
-from collabinfer.plan.policy import AdaptivePolicy, Policy, StaticPolicy
 from collabinfer.plan.profile import Profile
 from collabinfer.runtime.chain import Chain
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import (
-    BandwidthTrace,
-    LinkProfile,
-    SimulatedLink,
-    get_profile,
-    synthetic_trace,
-)
-from collabinfer.runtime.tier import TierSpec, describe_tiers
+from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.runtime.link import BandwidthTrace, SimulatedLink, synthetic_trace
+from collabinfer.runtime.policy import AdaptivePolicy, Policy, StaticPolicy
+from collabinfer.topology.links import LinkProfile, get_profile
+from collabinfer.topology.tiers import TierSpec, describe_tiers
 
 if TYPE_CHECKING:
     from collabinfer.train.exit_rules import ExitRecords
@@ -163,11 +158,11 @@ class BottleneckCandidate:
         plain = Planner(full_profile, tiers, min_device_blocks=min_device_blocks).plan(links)
         learned = Planner(self.profile, tiers, min_device_blocks=min_device_blocks).plan(links)
         drop = self.teacher_val_accuracy - self.val_accuracy
-        faster = learned.predicted.latency_ms < plain.predicted.latency_ms
+        faster = learned.cost.latency_ms < plain.cost.latency_ms
         ok = drop <= cfg.bottleneck_max_drop
         why = (
-            f"predicted {learned.predicted.latency_ms:.1f} ms vs "
-            f"{plain.predicted.latency_ms:.1f} ms "
+            f"predicted {learned.cost.latency_ms:.1f} ms vs "
+            f"{plain.cost.latency_ms:.1f} ms "
             f"for plain cuts at the mean link; validation accuracy {self.val_accuracy:.2%} vs "
             f"teacher {self.teacher_val_accuracy:.2%} (allowed drop {cfg.bottleneck_max_drop:.1%})"
         )

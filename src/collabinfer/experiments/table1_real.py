@@ -37,13 +37,15 @@ import numpy as np
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import TierError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.plan.exit_policy import DeviceExits
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import Profile
 from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.link import BandwidthTrace, LinkProfile, get_profile
+from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.runtime.link import BandwidthTrace
+from collabinfer.runtime.policy import AdaptivePolicy, Policy
 from collabinfer.runtime.state import StepKind
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.topology.links import LinkProfile, get_profile
+from collabinfer.topology.tiers import TierSpec
 
 if TYPE_CHECKING:
     from collabinfer.experiments.table1 import Row, Table1Config
@@ -217,15 +219,19 @@ def run_real_row(
             LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
         ]
 
+        policy: Policy = AdaptivePolicy(planner, estimators)
+        if exits is not None:
+            policy = ExitingPolicy(policy, exits)
+
         async def go():
             async with DeviceClient(
                 full,
                 model_name,
                 f"http://{access_at}",
-                planner,
-                estimators,
+                policy,
+                tiers,
+                profile=full_profile,
                 deadline_s=5.0,
-                exits=exits,
             ) as client:
                 cb = (
                     (lambda done, _res: progress("collabinfer (real sockets)", done, len(data)))

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from collabinfer.errors import ConfigError, PlanError
 from collabinfer.plan.profile import Profile
-from collabinfer.runtime.link import LinkProfile, wire_bytes
-from collabinfer.runtime.tier import TierSpec
+from collabinfer.topology.links import LinkProfile, wire_bytes
+from collabinfer.topology.tiers import TierSpec
 
 OBJECTIVES = ("latency", "energy")
 REPLY_BYTES = 64  # an answer: class id, confidence, request id and framing
@@ -79,12 +79,23 @@ class PlanCost:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where every block runs and how each sender encodes; see the module docstring."""
+    """Where every block runs and how each sender encodes; see the module docstring.
+
+    ``predicted`` is the planner's cost; a plan a tier received over the wire
+    carries none (``objective="received"``): it is only followed, never judged.
+    """
 
     boundaries: tuple[int, ...]
     codecs: tuple[str | None, ...]
-    objective: str
-    predicted: PlanCost
+    objective: str = "received"
+    predicted: PlanCost | None = None
+
+    @property
+    def cost(self) -> PlanCost:
+        """The predicted cost; a :class:`PlanError` for a plan that carries none."""
+        if self.predicted is None:
+            raise PlanError(f"plan {self.describe()} carries no predicted cost (it was received)")
+        return self.predicted
 
     @property
     def num_tiers(self) -> int:

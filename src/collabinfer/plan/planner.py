@@ -34,8 +34,8 @@ from collabinfer.plan.cost import (
     transfers,
 )
 from collabinfer.plan.profile import Profile
-from collabinfer.runtime.link import HEADER_BYTES, LinkProfile
-from collabinfer.runtime.tier import TierSpec, check_tiers
+from collabinfer.topology.links import HEADER_BYTES, LinkProfile
+from collabinfer.topology.tiers import TierSpec, check_tiers
 
 INF = math.inf
 
@@ -194,10 +194,7 @@ def exhaustive_plan(
             for sender, c in combo:
                 chosen[sender] = c
             cost = evaluate_plan(profile, tiers, links, b, chosen, power)
-            if (
-                best is None
-                or cost.objective(objective) < best.predicted.objective(objective) - 1e-12
-            ):
+            if best is None or cost.objective(objective) < best.cost.objective(objective) - 1e-12:
                 best = Plan(b, tuple(chosen), objective, cost)
     if best is None:
         raise PlanError("no feasible plan")

@@ -19,7 +19,7 @@ import dataclasses
 import math
 
 from collabinfer.errors import ConfigError
-from collabinfer.runtime.link import LinkProfile, check_nbytes, packet_count, wire_bytes
+from collabinfer.topology.links import LinkProfile, check_nbytes, packet_count, wire_bytes
 
 __all__ = ["LinkEstimator"]
 
@@ -107,6 +107,24 @@ class LinkEstimator:
             if at_s is not None:
                 self._last_sample_s = at_s + seconds
         self._samples += 1
+
+    def observe_round_trip(self, nbytes: int, seconds: float, at_s: float | None = None) -> float:
+        """Fold in a request of ``nbytes`` whose round trip, less the receiver's own
+        time, took ``seconds``; returns the one-way seconds attributed to the request.
+
+        A sender over a real socket sees only ``request + rtt/2 + reply + rtt/2``.
+        The reply is small, so the one-way request time (serialisation + rtt/2,
+        what :meth:`observe` wants) is ``seconds - rtt_est/2``. If that is not
+        positive the round trip took less than half the RTT we believed: the RTT
+        estimate is what is wrong, so ``seconds`` becomes an RTT sample instead
+        (and nothing is attributed to the request).
+        """
+        one_way_s = seconds - self._rtt_s / 2
+        if one_way_s > 0:
+            self.observe(nbytes, one_way_s, at_s)
+            return one_way_s
+        self.observe_rtt(seconds)
+        return 0.0
 
     def observe_rtt(self, seconds: float) -> None:
         """Fold in an explicit round-trip sample (e.g. a ping or a request/ack)."""

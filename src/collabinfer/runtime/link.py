@@ -5,11 +5,11 @@ it starts at virtual time ``start_s``? Keeping the interface that small lets the
 runtime be tested with :class:`collabinfer.testing.links.MockLink`, simulated with
 :class:`SimulatedLink`, and later run unchanged over a real transport.
 
-Packet model (shared with the estimator through :func:`wire_bytes`): a message is
-cut into ``ceil(nbytes / (mtu - 40))`` packets, each carrying 40 bytes of IP+TCP
-headers. A zero-byte message still sends one header-only packet, because an empty
-reply is still a packet on the wire. Bandwidths are link rates, so headers count.
+Packets and profiles (:class:`~collabinfer.topology.links.LinkProfile`,
+:func:`~collabinfer.topology.links.wire_bytes`) live in
+:mod:`collabinfer.topology.links`, shared with the planner and the estimator.
 
+    >>> from collabinfer.topology.links import get_profile
     >>> link = SimulatedLink(get_profile("lte"))
     >>> round(link.transfer(100_000, start_s=0.0), 4)
     0.1655
@@ -21,7 +21,6 @@ import bisect
 import csv
 import itertools
 import math
-import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,108 +29,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from collabinfer.errors import ConfigError
+from collabinfer.topology.links import (
+    LinkProfile,
+    check_finite,
+    check_nbytes,
+    packet_count,
+    wire_bytes,
+)
 
-__all__ = [
-    "HEADER_BYTES",
-    "PROFILES",
-    "BandwidthTrace",
-    "Link",
-    "LinkProfile",
-    "SimulatedLink",
-    "get_profile",
-    "packet_count",
-    "synthetic_trace",
-    "wire_bytes",
-]
-
-HEADER_BYTES = 40  # IPv4 (20) + TCP (20) headers per packet, no options
-
-
-def _finite(value: float, name: str, *, low: float, strict: bool) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if not math.isfinite(v) or v < low or (strict and v == low):
-        op = ">" if strict else ">="
-        raise ConfigError(f"{name} must be a finite number {op} {low}, got {value!r}")
-    return v
-
-
-@dataclass(frozen=True)
-class LinkProfile:
-    """Static description of one link: uplink rate, delay, noise and loss.
-
-    ``jitter_ms`` is the std-dev of per-transfer one-way delay noise (the delay is
-    truncated at 0); ``loss`` is the independent per-packet loss probability.
-    """
-
-    name: str
-    bandwidth_mbps: float
-    rtt_ms: float
-    jitter_ms: float = 0.0
-    loss: float = 0.0
-    mtu_bytes: int = 1500
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ConfigError(f"link profile name must be a non-empty string, got {self.name!r}")
-        _finite(self.bandwidth_mbps, "bandwidth_mbps", low=0.0, strict=True)
-        _finite(self.rtt_ms, "rtt_ms", low=0.0, strict=False)
-        _finite(self.jitter_ms, "jitter_ms", low=0.0, strict=False)
-        if not (0.0 <= self.loss < 1.0):  # also rejects NaN
-            raise ConfigError(f"loss must be in [0, 1), got {self.loss!r}", link=self.name)
-        mtu = self.mtu_bytes
-        if isinstance(mtu, bool) or not isinstance(mtu, int) or mtu <= HEADER_BYTES:
-            raise ConfigError(f"mtu_bytes must be an int > {HEADER_BYTES}, got {mtu!r}")
-
-
-def _neurosurgeon(name: str, bandwidth_mbps: float, rtt_ms: float) -> LinkProfile:
-    note = (
-        f"uplink {bandwidth_mbps} Mbit/s from Neurosurgeon (Kang et al., ASPLOS 2017); "
-        f"RTT {rtt_ms} ms is OUR ASSUMPTION, not from the paper"
-    )
-    return LinkProfile(name, bandwidth_mbps, rtt_ms, note=note)
-
-
-PROFILES: dict[str, LinkProfile] = {
-    "3g": _neurosurgeon("3g", 1.1, 120.0),
-    "lte": _neurosurgeon("lte", 5.85, 50.0),
-    "wifi": _neurosurgeon("wifi", 18.88, 10.0),
-    "wan": LinkProfile(
-        "wan",
-        100.0,
-        40.0,
-        note="edge->cloud backbone; 100 Mbit/s and RTT 40 ms are both OUR ASSUMPTION",
-    ),
-}
-
-
-def get_profile(name: str) -> LinkProfile:
-    """Look up a built-in profile; unknown names list the known ones."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        known = ", ".join(sorted(PROFILES))
-        raise ConfigError(f"unknown link profile {name!r}; known: {known}") from None
-
-
-def check_nbytes(nbytes: int) -> int:
-    """Validate a message size the same way for every Link (numpy ints allowed)."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Integral) or nbytes < 0:
-        raise ConfigError(f"nbytes must be a non-negative int, got {nbytes!r}")
-    return int(nbytes)
-
-
-def packet_count(nbytes: int, mtu_bytes: int) -> int:
-    """Packets needed for ``nbytes`` of payload (at least one, see module doc)."""
-    return max(1, -(-nbytes // (mtu_bytes - HEADER_BYTES)))
-
-
-def wire_bytes(nbytes: int, mtu_bytes: int) -> int:
-    """Bytes actually serialised: payload plus one header per packet."""
-    return nbytes + HEADER_BYTES * packet_count(nbytes, mtu_bytes)
+__all__ = ["BandwidthTrace", "Link", "SimulatedLink", "synthetic_trace"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +68,7 @@ class BandwidthTrace:
         for i, r in enumerate(rates):
             if not (math.isfinite(r) and r > 0):
                 raise ConfigError(f"trace bandwidth must be finite and > 0, got {r}", index=i)
-        period = _finite(self.period_s, "period_s", low=times[-1], strict=True)
+        period = check_finite(self.period_s, "period_s", low=times[-1], strict=True)
         object.__setattr__(self, "period_s", period)
 
     @cached_property
@@ -184,7 +90,7 @@ class BandwidthTrace:
 
     def at(self, t_s: float) -> float:
         """Bandwidth (Mbit/s) in force at time ``t_s``."""
-        i, _, _ = self._segment(_finite(t_s, "time", low=0.0, strict=False))
+        i, _, _ = self._segment(check_finite(t_s, "time", low=0.0, strict=False))
         return self.mbps[i]
 
     def mean_mbps(self) -> float:
@@ -202,8 +108,8 @@ class BandwidthTrace:
         Inverts the cumulative-bits function instead of walking segments, so a
         transfer spanning thousands of segments (or periods) costs one bisect.
         """
-        start = _finite(start_s, "start_s", low=0.0, strict=False)
-        if _finite(nbits, "nbits", low=0.0, strict=False) == 0.0:
+        start = check_finite(start_s, "start_s", low=0.0, strict=False)
+        if check_finite(nbits, "nbits", low=0.0, strict=False) == 0.0:
             return 0.0
         per_period = self._cum_bits[-1]
         target = self._bits_until(start) + nbits
@@ -291,11 +197,11 @@ def synthetic_trace(
     multiplied by ``dip_factor`` (handover, shadowing). Finally the trace is
     scaled so its time-weighted mean is exactly ``mean_mbps``.
     """
-    mean = _finite(mean_mbps, "mean_mbps", low=0.0, strict=True)
-    duration = _finite(duration_s, "duration_s", low=0.0, strict=True)
-    step = _finite(step_s, "step_s", low=0.0, strict=True)
-    vol = _finite(volatility, "volatility", low=0.0, strict=False)
-    tau = _finite(corr_time_s, "corr_time_s", low=0.0, strict=True)
+    mean = check_finite(mean_mbps, "mean_mbps", low=0.0, strict=True)
+    duration = check_finite(duration_s, "duration_s", low=0.0, strict=True)
+    step = check_finite(step_s, "step_s", low=0.0, strict=True)
+    vol = check_finite(volatility, "volatility", low=0.0, strict=False)
+    tau = check_finite(corr_time_s, "corr_time_s", low=0.0, strict=True)
     if not 0.0 <= dip_prob <= 1.0:
         raise ConfigError(f"dip_prob must be in [0, 1], got {dip_prob!r}")
     if not 0.0 < dip_factor <= 1.0:
@@ -368,7 +274,7 @@ class SimulatedLink:
     def bandwidth_at(self, t_s: float) -> float:
         """Link rate (Mbit/s) in force at ``t_s``."""
         if self._trace is None:
-            _finite(t_s, "time", low=0.0, strict=False)
+            check_finite(t_s, "time", low=0.0, strict=False)
             return self._profile.bandwidth_mbps
         return self._trace.at(t_s)
 
@@ -380,7 +286,7 @@ class SimulatedLink:
     def transfer(self, nbytes: int, start_s: float) -> float:
         """One-way duration (s) of ``nbytes`` sent at ``start_s``; see the class doc."""
         n = check_nbytes(nbytes)
-        start = _finite(start_s, "start_s", low=0.0, strict=False)
+        start = check_finite(start_s, "start_s", low=0.0, strict=False)
         p = self._profile
         packets = packet_count(n, p.mtu_bytes)
         bits = 8.0 * wire_bytes(n, p.mtu_bytes)

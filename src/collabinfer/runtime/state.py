@@ -4,6 +4,11 @@ A :class:`State` is the argument of every block function (the paper's
 serverless recursion, Section 3.1): the features, the index of the next block,
 which tier holds it, the path taken so far, and a :class:`Trace` of every step
 with its (virtual) time and bytes. The trace is what Table 1 is computed from.
+
+The same State crosses real sockets: ``serve/wire.py`` maps it to a request
+header (cut, plan, path, request id) plus the codec's bytes, and a tier server
+rebuilds it from them and continues it with the same engine
+(:mod:`collabinfer.runtime.engine`).
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from collabinfer.plan.cost import Plan
+from collabinfer.codec import Encoded
+from collabinfer.errors import PlanError
+from collabinfer.plan.cost import Plan
 
 
 class StepKind(StrEnum):
@@ -29,13 +35,17 @@ class StepKind(StrEnum):
     FALLBACK = "fallback"  # a tier failed and the device took over
 
 
+WORK_KINDS = frozenset((StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE, StepKind.EXIT))
+"""Steps that are CPU work on a tier (what an emulated tier is charged for)."""
+
+
 class Step(NamedTuple):
     """One thing that happened to a request (a NamedTuple: the chain makes one per block,
     and tuple construction is ~5x cheaper than a frozen dataclass's)."""
 
     kind: StepKind
     tier: int
-    ms: float  # virtual-clock duration (measured compute x tier speed factor, or link time)
+    ms: float  # charged duration: profiled (or measured) compute x tier factor, or link time
     block: int | None = None
     nbytes: int = 0
     wall_ms: float = 0.0  # real time spent on this machine for this step
@@ -54,21 +64,21 @@ class Trace:
         return sum(s.ms for s in self.steps)
 
     def compute_ms(self, tier: int) -> float:
-        return sum(
-            s.ms
-            for s in self.steps
-            if s.tier == tier
-            and s.kind in (StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE, StepKind.EXIT)
-        )
+        return sum(s.ms for s in self.steps if s.tier == tier and s.kind in WORK_KINDS)
 
     def wall_ms(self, tier: int) -> float:
         """Real CPU time this machine spent for ``tier`` (compute and codec work)."""
-        return sum(
-            s.wall_ms
-            for s in self.steps
-            if s.tier == tier
-            and s.kind in (StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE, StepKind.EXIT)
-        )
+        return sum(s.wall_ms for s in self.steps if s.tier == tier and s.kind in WORK_KINDS)
+
+    def unslept_ms(self, tier: int, since: int = 0) -> float:
+        """Of the work on ``tier`` from step ``since`` on, how much more it was charged
+        than it took here: what a front end in wall time sleeps to emulate a slower tier."""
+        charged = wall = 0.0
+        for s in self.steps[since:]:
+            if s.tier == tier and s.kind in WORK_KINDS:
+                charged += s.ms
+                wall += s.wall_ms
+        return max(0.0, charged - wall)
 
     def bytes_sent(self, from_tier: int = 0) -> int:
         """Bytes that left ``from_tier`` over its uplink (header + payload)."""
@@ -85,9 +95,15 @@ class PathEntry(NamedTuple):
 
 @dataclass
 class State:
-    """One request in flight. ``z`` is the tensor at cut ``next_block``."""
+    """One request in flight: the tensor ``z`` at cut ``next_block`` on tier ``tier``.
 
-    z: torch.Tensor
+    ``z`` is None while the tensor exists only as ``encoded`` bytes (just received,
+    not yet decoded); a tier decodes them before its first block, and a relay that
+    runs none forwards them unchanged. ``elapsed_ms`` is the charged time so far
+    (the virtual clock reads ``start_s + elapsed_ms``).
+    """
+
+    z: torch.Tensor | None
     next_block: int = 0
     tier: int = 0
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -97,5 +113,33 @@ class State:
     start_s: float = 0.0  # virtual time the input arrived
     plan: Plan | None = None  # set by the policy on the device; followed by every tier
     raw_input_left_device: bool = False
-    fell_back: bool = False
-    exited_early: bool = False
+    fell_back_on: int | None = None  # the tier that finished the input after its next failed
+    exited_early: bool = False  # an exit head answered
+    elapsed_ms: float = 0.0
+    encoded: Encoded | None = None  # bytes in flight, until a tier decodes them
+    encoded_by: int = -1  # the tier that encoded them
+    hops: list[int] = field(default_factory=list)  # links crossed, in order
+    local_only: bool = False  # the next tier failed: this tier finishes the input
+    # Per-row gate decisions (block -> bool per batch row) when z holds several rows:
+    # the path records whether a block ran for *any* row; a server that batched
+    # several requests into one state splits these back per request.
+    gate_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.fell_back_on is not None
+
+    @property
+    def clock_s(self) -> float:
+        return self.start_s + self.elapsed_ms / 1e3
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The answer (logits) of a finished request."""
+        if self.z is None:
+            raise PlanError("the request holds no decoded tensor yet", request_id=self.request_id)
+        return self.z
+
+    def add_step(self, step: Step) -> None:
+        self.trace.steps.append(step)
+        self.elapsed_ms += step.ms

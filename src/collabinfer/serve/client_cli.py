@@ -46,14 +46,14 @@ async def _run(
     import torch
 
     from collabinfer.data import load_split
-    from collabinfer.experiments.table1 import CLOUD_FACTOR, EDGE_FACTOR
     from collabinfer.plan.planner import Planner
     from collabinfer.plan.profile import profile_model
     from collabinfer.runtime.estimator import LinkEstimator
-    from collabinfer.runtime.link import get_profile
-    from collabinfer.runtime.tier import TierSpec, describe_tiers
+    from collabinfer.runtime.policy import AdaptivePolicy
     from collabinfer.serve.client import DeviceClient
     from collabinfer.serve.server import load_served_model
+    from collabinfer.topology.links import get_profile
+    from collabinfer.topology.tiers import CLOUD_FACTOR, EDGE_FACTOR, TierSpec, describe_tiers
 
     if num_inputs < 1:
         raise ConfigError(f"--num-inputs must be >= 1, got {num_inputs}")
@@ -68,9 +68,9 @@ async def _run(
     if cloud is not None:  # the edge forwards there itself; the planner needs to know it exists
         tiers.append(TierSpec("cloud", CLOUD_FACTOR))
         links.append(LinkEstimator(get_profile("wan"), recovery_s=2.0))
-    planner = Planner(prof, tiers)
+    policy = AdaptivePolicy(Planner(prof, tiers), links)
     async with DeviceClient(
-        net, model, edge, planner, links, token=token, deadline_s=deadline_ms / 1e3
+        net, model, edge, policy, tiers, profile=prof, token=token, deadline_s=deadline_ms / 1e3
     ) as client:
         summary = await client.run_many(test.images, test.labels, concurrency=concurrency)
     columns = ["inputs", "accuracy", "p50 ms", "p95 ms", "bytes/input"]

@@ -1,26 +1,34 @@
-"""What one tier does with one request: validate, compute, forward or answer, cache.
+"""What one tier does with one request: validate, continue the State, forward or answer.
 
 Why apart from :mod:`~collabinfer.serve.server`: the app there is routing and
-lifecycle; this is the per-tier work of :class:`~collabinfer.runtime.chain.Chain`
-done over HTTP. For a request at cut ``k`` for tier ``t`` the handler runs
-blocks ``k .. plan.boundaries[t+1]-1``, then answers (last block done) or
-forwards the State to the next tier, re-encoded with the plan's codec for this
-tier, or as the very bytes it got if it ran no block (a relay). When the next
-tier is unreachable, times out or answers 5xx and this tier hosts the
-remaining blocks, it finishes the request itself (``fell_back: true``).
-Answers are cached by ``request_id``, so a retry is never computed twice.
+lifecycle; this is the tier's share of the chain over HTTP. A request is a
+:class:`~collabinfer.runtime.state.State` on the wire
+(:func:`~collabinfer.serve.wire.state_from_request`); the handler validates
+it against the hosted model and continues it with the same
+:class:`~collabinfer.runtime.engine.Engine` the in-process chain and the
+device client run, under a :class:`~collabinfer.runtime.policy.PlanFollower`
+(the device chose the plan). When the engine hands the State off, the handler
+forwards it to the next tier (the very bytes it got, if it ran no block: a
+relay) and merges the answer. When the next tier is unreachable, times out or
+answers 5xx and this tier hosts the remaining blocks, the engine finishes the
+request here (``fell_back: true``). Answers are cached by ``request_id``, so a
+retry is never computed twice.
+
+Compute (and codec work) runs on a worker thread, never on the event loop;
+with a batch window, the workers share block calls (:mod:`~collabinfer.serve.batching`).
+An emulated tier (``speed_factor > 1``) is charged its profiled time x factor,
+the engine's one rule, and sleeps the difference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
-import math
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import httpx
 import torch
@@ -28,12 +36,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from collabinfer.codec import Encoded, get_codec
-from collabinfer.errors import CodecError, ConfigError
+from collabinfer.errors import CodecError, ConfigError, LinkError, LinkTimeout
 from collabinfer.model.blocks import BlockNet
-from collabinfer.runtime.state import PathEntry, Step, StepKind
-from collabinfer.runtime.tier import TierSpec, describe_tiers
-from collabinfer.serve.batching import BlockRunner
+from collabinfer.plan.profile import Profile, profile_model
+from collabinfer.runtime.engine import Charger, Engine, Handoff, RemoteAnswer
+from collabinfer.runtime.policy import PlanFollower
+from collabinfer.runtime.state import State
+from collabinfer.serve.batching import BlockBatcher
+from collabinfer.serve.config import ServerConfig
 from collabinfer.serve.metrics import ServerMetrics
 from collabinfer.serve.wire import (
     HostedModel,
@@ -44,23 +54,21 @@ from collabinfer.serve.wire import (
     decode_response,
     encode_request,
     encode_response,
+    request_header,
+    state_from_request,
 )
+from collabinfer.topology.tiers import TierSpec, describe_tiers
 
-if TYPE_CHECKING:
-    from collabinfer.serve.server import ServerConfig
-
-T = TypeVar("T")
-INLINE_CODEC_BYTES = 256 * 1024
-"""Codec work on tensors up to this size (fp32 bytes) runs on the event loop: it takes
-well under a millisecond, less than the hand-off to the worker thread would add."""
-
-
-class _NextTierFailed(WireError):
-    """The next tier is unreachable, timed out or failed (5xx): this tier may fall back."""
+PROFILE_REPEATS = 20
+"""Batch-1 repeats when an emulated server profiles its model at startup."""
 
 
 class TierHandler:
-    """The state behind one app: hosted model, metrics, worker, forward client, cache."""
+    """The state behind one app: hosted model, engine, metrics, workers, forward client, cache.
+
+    ``profile`` is what an emulated tier is charged from; without one, an
+    emulated server profiles its model once at startup.
+    """
 
     def __init__(
         self,
@@ -68,6 +76,7 @@ class TierHandler:
         model: BlockNet,
         model_name: str,
         next_transport: httpx.AsyncBaseTransport | None = None,
+        profile: Profile | None = None,
     ) -> None:
         stop = model.num_blocks if config.stop is None else config.stop
         if stop > model.num_blocks:
@@ -79,38 +88,61 @@ class TierHandler:
             model_name, model, config.start, stop, config.tier_index
         )
         self.metrics = ServerMetrics(config.tier_name)
+        self.profile = profile
         self._next_transport = next_transport
+        self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._runner: BlockRunner | None = None
         self._client: httpx.AsyncClient | None = None
         self._done: OrderedDict[str, bytes] = OrderedDict()
         self._pending: dict[str, asyncio.Future[bytes]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _start(self) -> tuple[BlockRunner, httpx.AsyncClient | None]:
-        """Create the worker and the keep-alive client (on startup, or on first use)."""
-        if self._runner is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="collabinfer-compute")
-            self._runner = BlockRunner(
+    def _start(self) -> tuple[Engine, ThreadPoolExecutor]:
+        """Create the engine, the workers and the keep-alive client (on startup or first use)."""
+        c = self.config
+        if self._engine is None:
+            if c.speed_factor != 1.0 and self.profile is None:
+                self.profile = profile_model(self.model, self.hosted.name, PROFILE_REPEATS)
+            batcher = None
+            workers = 1  # one compute at a time: parallel torch calls only fight over cores
+            if c.batch_window_ms > 0 and c.max_batch > 1:
+                batcher = BlockBatcher(
+                    self.model, c.batch_window_ms, c.max_batch, self.metrics.batch_size.observe
+                )
+                workers = c.max_batch  # requests wait for a shared block call on their worker
+            self._engine = Engine(
                 self.model,
-                self._executor,
-                self.config.batch_window_ms,
-                self.config.max_batch,
-                self.metrics.batch_size.observe,
+                PlanFollower(),
+                Charger.for_tier(c.speed_factor, self.profile),
+                check_finite=True,
+                executor=batcher if batcher is not None else self._count_single,
             )
-        if self._client is None and self.config.next_url is not None:
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="collabinfer-compute")
+        if self._client is None and c.next_url is not None:
             self._client = httpx.AsyncClient(
-                transport=self._next_transport, timeout=self.config.next_timeout_s, trust_env=False
+                transport=self._next_transport, timeout=c.next_timeout_s, trust_env=False
             )
-        return self._runner, self._client
+        assert self._executor is not None
+        return self._engine, self._executor
+
+    def _count_single(
+        self, k: int, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """The plain block call, counted as a batch of one (``batch_size`` is per block call)."""
+        self.metrics.batch_size.observe(1)
+        block = self.model.blocks[k]
+        t0 = time.perf_counter()
+        out = block(z)
+        ms = (time.perf_counter() - t0) * 1e3
+        return out, getattr(block, "last_ran", None), ms
 
     async def shutdown(self) -> None:
         if self._client is not None:
             await self._client.aclose()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-        self._client, self._executor, self._runner = None, None, None
+        self._client, self._executor, self._engine = None, None, None
 
     # --- endpoints ---------------------------------------------------------------------------
 
@@ -215,131 +247,69 @@ class TierHandler:
         return data
 
     async def _process(self, header: RequestHeader, payload: bytes, t0: float) -> bytes:
-        tier, cut, n = header.tier, header.next_block, self.hosted.num_blocks
-        end = self.hosted.end_of(header)
-        steps: list[Step] = []
-        path = list(header.path)
-        z: torch.Tensor | None = None
-        if cut < end:
-            z = await self._decode(header, payload, steps)
-            z = await self._compute(z, cut, end, tier, steps, path)
-            cut = end
-        if z is not None and cut >= n:
-            return self._finish(header, z, path, steps, t0, fell_back=False)
-        try:
-            return await self._forward(header, z, payload, cut, path, steps, t0)
-        except _NextTierFailed:
-            if not (self.hosted.start <= cut and self.hosted.stop == n):
-                raise
-        steps.append(Step(StepKind.FALLBACK, tier, 0.0))
-        self.metrics.fallbacks.inc()
-        if z is None:
-            z = await self._decode(header, payload, steps)
-        z = await self._compute(z, cut, n, tier, steps, path)
-        return self._finish(header, z, path, steps, t0, fell_back=True)
-
-    def _finish(
-        self,
-        header: RequestHeader,
-        z: torch.Tensor,
-        path: list[PathEntry],
-        steps: list[Step],
-        t0: float,
-        fell_back: bool,
-    ) -> bytes:
+        """Continue the State the request carries; forward it on, or fall back here."""
+        engine, _ = self._start()
+        state = state_from_request(header, payload)
+        handoff = await self._advance(state)
+        while handoff is not None:
+            try:
+                answer, net_s, nbytes = await self._forward(state, handoff, header, t0)
+            except LinkError as e:
+                if not self._hosts_the_rest(state):
+                    status = 504 if isinstance(e, LinkTimeout) else 502
+                    raise WireError(e.message, status, "next") from None
+                self.metrics.fallbacks.inc()
+                engine.fall_back(state, handoff)
+                handoff = await self._advance(state)
+                continue
+            engine.delivered(state, handoff, net_s, nbytes=nbytes)
+            engine.answered(state, answer)
+            break
         server_ms = (time.perf_counter() - t0) * 1e3
-        body = ResponseBody.from_output(
-            header.request_id, header.tier, z, path, steps, server_ms, fell_back
-        )
-        return encode_response(body)
+        return encode_response(ResponseBody.from_state(state, server_ms))
 
-    async def _timed(
-        self, done: tuple[T, float], tier: int, kind: StepKind, steps: list[Step]
-    ) -> T:
-        """Record a timed codec step and emulate the tier's slowness for it."""
-        result, ms = done
-        steps.append(Step(kind, tier, ms * self.config.speed_factor, wall_ms=ms))
-        await self._emulate(ms)
-        return result
+    def _hosts_the_rest(self, state: State) -> bool:
+        """Whether this tier can finish the State itself (it hosts every block left)."""
+        return self.hosted.start <= state.next_block and self.hosted.stop == self.hosted.num_blocks
 
-    async def _emulate(self, ms: float) -> None:
-        if self.config.speed_factor > 1.0:
-            await asyncio.sleep((self.config.speed_factor - 1.0) * ms / 1e3)
-
-    async def _decode(
-        self, header: RequestHeader, payload: bytes, steps: list[Step]
-    ) -> torch.Tensor:
-        runner, _ = self._start()
-        if math.prod(header.tensor.shape) * 4 <= INLINE_CODEC_BYTES:
-            done = _decode_job(header, payload)
-        else:
-            loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(runner.executor, _decode_job, header, payload)
-        z: torch.Tensor = await self._timed(done, header.tier, StepKind.DECODE, steps)
-        return z
-
-    async def _compute(
-        self,
-        z: torch.Tensor,
-        start: int,
-        stop: int,
-        tier: int,
-        steps: list[Step],
-        path: list[PathEntry],
-    ) -> torch.Tensor:
-        runner, _ = self._start()
-        result = await runner.run(z, start, stop)
-        f = self.config.speed_factor
-        ran = result.ran.any(dim=0).tolist()  # a gated block ran if it did for any row
-        for k, ms, r in zip(range(start, stop), result.block_ms, ran, strict=True):
-            steps.append(Step(StepKind.COMPUTE, tier, ms * f, k, 0, ms))
-            path.append(PathEntry(k, tier, bool(r)))
-        await self._emulate(sum(result.block_ms))
-        return result.output
-
-    async def _forward(
-        self,
-        header: RequestHeader,
-        z: torch.Tensor | None,
-        payload: bytes,
-        cut: int,
-        path: list[PathEntry],
-        steps: list[Step],
-        t0: float,
-    ) -> bytes:
-        """Send the State at ``cut`` to the next tier and relay its answer back."""
-        runner, client = self._start()
-        tier = header.tier
-        tensor, data = header.tensor, payload  # a relay forwards the bytes unchanged
-        if z is not None:
-            codec = header.plan.codecs[tier]
-            if codec is None:  # validate() already refuses such plans; keeps types honest
-                raise WireError(f"the plan gives tier {tier} no codec", 422, "plan")
-            if z.numel() * 4 <= INLINE_CODEC_BYTES:
-                done = _encode_job(z, codec)
+    async def _advance(self, state: State) -> Handoff | None:
+        """The engine's step on a worker (inline for a relay: no block, no codec work);
+        then sleep what an emulated tier was charged beyond what it took."""
+        engine, executor = self._start()
+        since = len(state.trace.steps)
+        relay = state.plan is not None and state.next_block >= state.plan.end_of(state.tier)
+        try:
+            if relay and not state.local_only:
+                handoff = engine.advance(state)
             else:
                 loop = asyncio.get_running_loop()
-                done = await loop.run_in_executor(runner.executor, _encode_job, z, codec)
-            enc: Encoded = await self._timed(done, tier, StepKind.ENCODE, steps)
-            tensor, data = enc.header, enc.payload
+                handoff = await loop.run_in_executor(executor, engine.advance, state)
+        except CodecError as e:
+            raise WireError(f"payload does not decode: {e.message}", 422, "payload") from None
+        extra_ms = state.trace.unslept_ms(state.tier, since)
+        if self.config.speed_factor > 1.0 and extra_ms > 0:
+            await asyncio.sleep(extra_ms / 1e3)
+        return handoff
+
+    async def _forward(
+        self, state: State, handoff: Handoff, header: RequestHeader, t0: float
+    ) -> tuple[RemoteAnswer, float, int]:
+        """Post the State to the next tier; returns its answer, the network seconds
+        (round trip less the next tier's own time) and the bytes sent. Any failure
+        to get a valid answer is a :class:`LinkError` (the caller may fall back)."""
+        self._start()
+        client = self._client
         timeout = self.config.next_timeout_s
         deadline = header.deadline_ms
         if deadline is not None:
             deadline = deadline - (time.perf_counter() - t0) * 1e3
             if deadline <= 0:
-                raise _NextTierFailed("deadline passed before forwarding", 504, "deadline_ms")
+                raise LinkTimeout("deadline passed before forwarding", request_id=state.request_id)
             timeout = min(timeout, deadline / 1e3)
         if client is None or self.config.next_url is None:
-            raise _NextTierFailed("this tier has no --next to forward to", 502, "next")
-        nxt = replace(
-            header,
-            tier=tier + 1,
-            next_block=cut,
-            tensor=tensor,
-            path=tuple(path),
-            deadline_ms=deadline,
-        )
-        body = encode_request(nxt, data)
+            raise LinkError("this tier has no --next to forward to")
+        nxt = request_header(state, handoff, header.model, header.weights, deadline)
+        body = encode_request(nxt, handoff.encoded.payload)
         url = f"{self.config.next_url.rstrip('/')}/v2/models/{self.hosted.name}/infer"
         headers = {"content-type": "application/octet-stream"}
         if self.config.token is not None:
@@ -348,52 +318,22 @@ class TierHandler:
         try:
             r = await client.post(url, content=body, headers=headers, timeout=timeout)
         except httpx.TimeoutException as e:
-            raise _NextTierFailed(f"next tier timed out: {e!r}", 504, "next") from None
+            raise LinkTimeout(f"next tier timed out: {e!r}") from None
         except httpx.HTTPError as e:
-            raise _NextTierFailed(f"next tier unreachable: {e!r}", 502, "next") from None
-        rtt_ms = (time.perf_counter() - t1) * 1e3
+            raise LinkError(f"next tier unreachable: {e!r}") from None
+        rtt_s = time.perf_counter() - t1
         self.metrics.bytes_out.inc(len(body))
         if r.status_code >= 500:
-            raise _NextTierFailed(
-                f"next tier answered {r.status_code}: {r.text[:300]}", 502, "next"
-            )
+            raise LinkError(f"next tier answered {r.status_code}: {r.text[:300]}")
         if r.status_code != 200:
             msg = f"next tier refused the request ({r.status_code}): {r.text[:300]}"
             raise WireError(msg, 502, "next")
         try:
             down = decode_response(r.content)
         except WireError as e:
-            raise _NextTierFailed(e.message, 502, "next") from None
-        net_ms = max(0.0, rtt_ms - down.server_ms)
-        steps.append(Step(StepKind.TRANSFER, tier, net_ms, None, len(body), net_ms))
-        merged = replace(
-            down,
-            request_id=header.request_id,
-            steps=(*steps, *down.steps),
-            server_ms=(time.perf_counter() - t0) * 1e3,
-        )
-        return encode_response(merged)
-
-
-def _decode_job(header: RequestHeader, payload: bytes) -> tuple[torch.Tensor, float]:
-    """Decode on the worker; a payload that does not decode or is not finite is a 422."""
-    t0 = time.perf_counter()
-    try:
-        z = get_codec(header.tensor.codec).decode(Encoded(header.tensor, payload))
-    except CodecError as e:
-        raise WireError(f"payload does not decode: {e.message}", 422, "payload") from None
-    if not bool(torch.isfinite(z).all()):
-        raise WireError("payload holds non-finite values", 422, "payload")
-    return z, (time.perf_counter() - t0) * 1e3
-
-
-def _encode_job(z: torch.Tensor, codec: str) -> tuple[Encoded, float]:
-    t0 = time.perf_counter()
-    try:
-        enc = get_codec(codec).encode(z)
-    except CodecError as e:
-        raise WireError(f"cannot encode the State: {e.message}", 422, "payload") from None
-    return enc, (time.perf_counter() - t0) * 1e3
+            raise LinkError(e.message) from None
+        down = dataclasses.replace(down, request_id=header.request_id)
+        return down.to_answer(), max(0.0, rtt_s - down.server_ms / 1e3), len(body)
 
 
 def error_response(e: WireError) -> JSONResponse:

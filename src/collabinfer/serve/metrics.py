@@ -39,7 +39,7 @@ class ServerMetrics:
         )
         self.batch_size = Histogram(
             f"{p}_batch_size",
-            "requests run together per compute call",
+            "requests run together per block call",
             buckets=BATCH_BUCKETS,
             registry=reg,
         )

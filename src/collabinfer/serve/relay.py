@@ -58,7 +58,8 @@ from types import TracebackType
 import numpy as np
 
 from collabinfer.errors import ConfigError, LinkError
-from collabinfer.runtime.link import HEADER_BYTES, BandwidthTrace, LinkProfile
+from collabinfer.runtime.link import BandwidthTrace
+from collabinfer.topology.links import HEADER_BYTES, LinkProfile
 
 __all__ = [
     "DelaySampler",

@@ -18,8 +18,9 @@ import typer
 from rich.console import Console
 
 from collabinfer.errors import CollabInferError, ConfigError
-from collabinfer.runtime.link import BandwidthTrace, LinkProfile, get_profile
+from collabinfer.runtime.link import BandwidthTrace
 from collabinfer.serve.relay import ShapingRelay, parse_address
+from collabinfer.topology.links import LinkProfile, get_profile
 
 __all__ = ["relay", "resolve_profile"]
 

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,49 +30,25 @@ from fastapi.responses import Response
 
 from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError, TierError
 from collabinfer.model.blocks import BlockNet
+from collabinfer.model.bottleneck import deploy
+from collabinfer.model.gates import gate_net
 from collabinfer.model.zoo import create_model, model_spec
+from collabinfer.plan.profile import Profile
+from collabinfer.serve.config import TIER_INDEX, ServerConfig
 from collabinfer.serve.handler import TierHandler, error_response
-from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES, WireError
+from collabinfer.serve.wire import WireError
+from collabinfer.train import DEFAULT_CONFIGS, load_trained
+from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
+from collabinfer.train.gates import GATES_SUFFIX, default_gates
 
-TIER_INDEX = {"device": 0, "edge": 1, "cloud": 2}
-"""Plan index of the conventional tier names; other names take the header's index."""
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How one tier server runs. ``stop=None`` hosts up to the last block;
-    ``tier_index=None`` serves whatever tier index a request names."""
-
-    tier_name: str
-    tier_index: int | None = None
-    start: int = 0
-    stop: int | None = None
-    next_url: str | None = None
-    token: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    batch_window_ms: float = 0.0  # 0: no batching
-    max_batch: int = 32
-    next_timeout_s: float = 10.0
-    speed_factor: float = 1.0  # > 1: sleep (factor - 1) x measured compute, labelled
-    cache_size: int = 1024  # answers kept for retries, by request_id
-
-    def __post_init__(self) -> None:
-        if not self.tier_name:
-            raise ConfigError("a tier server needs a tier name")
-        if self.tier_index is not None and self.tier_index < 0:
-            raise ConfigError(f"tier index must be >= 0, got {self.tier_index}")
-        if self.start < 0 or (self.stop is not None and self.stop <= self.start):
-            raise ConfigError(f"blocks {self.start}:{self.stop} is not a non-empty range")
-        if self.next_url is not None and not self.next_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--next must be an http(s) URL, got {self.next_url!r}")
-        if self.token is not None and not self.token:
-            raise ConfigError("--token must not be empty")
-        if self.max_body_bytes < 1 or self.max_batch < 1 or self.cache_size < 1:
-            raise ConfigError("max_body_bytes, max_batch and cache_size must be >= 1")
-        if self.batch_window_ms < 0 or not self.next_timeout_s > 0:
-            raise ConfigError("batch_window_ms must be >= 0 and next_timeout_s > 0")
-        if not self.speed_factor >= 1.0:
-            raise ConfigError(f"speed_factor must be >= 1 (a slower tier), got {self.speed_factor}")
+__all__ = [
+    "TIER_INDEX",
+    "ServerConfig",
+    "create_app",
+    "load_served_model",
+    "serve_in_thread",
+    "serve_main",
+]
 
 
 def create_app(
@@ -82,9 +57,11 @@ def create_app(
     model_name: str,
     *,
     next_transport: httpx.AsyncBaseTransport | None = None,
+    profile: Profile | None = None,
 ) -> FastAPI:
-    """The FastAPI app of one tier. ``next_transport`` (tests) replaces the network to next."""
-    server = TierHandler(config, model, model_name, next_transport)
+    """The FastAPI app of one tier. ``next_transport`` (tests) replaces the network to
+    next; ``profile`` charges an emulated tier (else it profiles the model at startup)."""
+    server = TierHandler(config, model, model_name, next_transport, profile)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,9 +120,6 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     A name ending in ``+gates`` (e.g. ``fmnist-resnet+gates``) is the deployed gated
     copy of its base model (:func:`~collabinfer.train.gates.default_gates`).
     """
-    from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX
-    from collabinfer.train.gates import GATES_SUFFIX
-
     if name.endswith(GATES_SUFFIX):  # e.g. fmnist-resnet+gates: the deployed gated backbone
         return _load_gated(name.removesuffix(GATES_SUFFIX), untrained, seed)
     if name.endswith(BOTTLENECK_SUFFIX):  # e.g. fmnist-resnet+bn: the deployed bottleneck
@@ -154,8 +128,6 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     if untrained:
         torch.manual_seed(seed)
         return create_model(name).eval()
-    from collabinfer.train import DEFAULT_CONFIGS, load_trained  # lazy: pulls in the data code
-
     hint = f"run `collabinfer train --model {name}` first, or pass --untrained"
     if name not in DEFAULT_CONFIGS:
         raise ConfigError(f"model {name!r} has no training recipe; pass --untrained")
@@ -168,9 +140,6 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
 
 def _load_bottleneck(base: str, untrained: bool, seed: int) -> BlockNet:
     """The teacher's tail behind the default learned bottleneck, its codec registered."""
-    from collabinfer.model.bottleneck import deploy
-    from collabinfer.train.bottleneck import default_bottleneck
-
     if untrained:
         raise ConfigError("a bottleneck deployment needs trained weights; drop --untrained")
     teacher = load_served_model(base)
@@ -183,9 +152,6 @@ def _load_bottleneck(base: str, untrained: bool, seed: int) -> BlockNet:
 
 def _load_gated(base: str, untrained: bool, seed: int) -> BlockNet:
     """The base model with its residual blocks gated: trained gates, or seeded new ones."""
-    from collabinfer.model.gates import gate_net
-    from collabinfer.train.gates import default_gates
-
     backbone = load_served_model(base, untrained, seed)  # unknown base: the usual errors
     if untrained:
         torch.manual_seed(seed)  # the new gates too: every tier must hold the same weights

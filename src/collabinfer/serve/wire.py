@@ -33,13 +33,14 @@ from typing import Any
 
 import torch
 
-from collabinfer.codec import TensorHeader, get_codec, list_codecs
+from collabinfer.codec import Encoded, TensorHeader, get_codec, list_codecs
 from collabinfer.codec.tensor import _reject_constant, _unique_keys
 from collabinfer.errors import CodecError, PlanError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
-from collabinfer.plan.cost import check_boundaries, transfers
-from collabinfer.runtime.state import PathEntry, Step, StepKind
+from collabinfer.plan.cost import Plan, check_boundaries, transfers
+from collabinfer.runtime.engine import Handoff, RemoteAnswer
+from collabinfer.runtime.state import PathEntry, State, Step, StepKind
 
 PROTOCOL = 1
 MAGIC = b"CIW1"
@@ -193,6 +194,47 @@ class RequestHeader:
         except CodecError as e:
             raise _bad(f"tensor: {e.message}", "tensor") from None
         return cls(**{**obj, "tensor": th, "plan": WirePlan(plan["boundaries"], plan["codecs"])})
+
+
+def request_header(
+    state: State, handoff: Handoff, model: str, weights: str, deadline_ms: float | None = None
+) -> RequestHeader:
+    """The header that carries ``state`` to the next tier (the State -> wire half).
+
+    What travels is what the next tier needs to continue: the cut and the codec's
+    tensor header (the payload follows the header), the device's plan, the path
+    so far and the request id. The trace stays with the sender.
+    """
+    if state.plan is None:
+        raise PlanError("a State leaves its tier only with a plan", request_id=state.request_id)
+    return RequestHeader(
+        model=model,
+        weights=weights,
+        request_id=state.request_id,
+        tier=handoff.sender + 1,
+        next_block=handoff.cut,
+        tensor=handoff.encoded.header,
+        plan=WirePlan(state.plan.boundaries, state.plan.codecs),
+        path=tuple(state.path),
+        deadline_ms=deadline_ms,
+    )
+
+
+def state_from_request(header: RequestHeader, payload: bytes) -> State:
+    """The State a request carries (the wire -> State half), its tensor still encoded.
+
+    Validate the header first (:meth:`HostedModel.validate`): this only maps fields.
+    """
+    return State(
+        z=None,
+        next_block=header.next_block,
+        tier=header.tier,
+        request_id=header.request_id,
+        path=list(header.path),
+        plan=Plan(header.plan.boundaries, header.plan.codecs),
+        raw_input_left_device=header.next_block == 0,
+        encoded=Encoded(header.tensor, payload),
+    )
 
 
 def encode_request(header: RequestHeader, payload: bytes) -> bytes:
@@ -365,9 +407,26 @@ class ResponseBody:
             fell_back,
         )
 
+    @classmethod
+    def from_state(cls, state: State, server_ms: float) -> ResponseBody:
+        """The answer for a finished State: its output, path and this server's steps."""
+        return cls.from_output(
+            state.request_id,
+            state.tier,
+            state.output,
+            state.path,
+            state.trace.steps,
+            server_ms,
+            state.fell_back,
+        )
+
     def output_tensor(self) -> torch.Tensor:
         """The logits as float32 (exactly the server's float32 values)."""
         return torch.tensor(self.output, dtype=torch.float32)
+
+    def to_answer(self) -> RemoteAnswer:
+        """What the engine merges into the sender's State."""
+        return RemoteAnswer(self.output_tensor(), self.tier, self.path, self.steps, self.fell_back)
 
 
 def encode_response(body: ResponseBody) -> bytes:

@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable
 
 from collabinfer.errors import ConfigError, LinkError
-from collabinfer.runtime.link import LinkProfile, check_nbytes
+from collabinfer.topology.links import LinkProfile, check_nbytes
 
 __all__ = ["MockLink"]
 

@@ -3,12 +3,19 @@
 A policy is asked once per request before the first block (:meth:`Policy.begin`,
 where it may re-plan) and then after every block (:meth:`Policy.decide`). The
 plan it picks travels inside the :class:`~collabinfer.runtime.state.State`, so a
-remote tier can follow the device's plan without knowing its policy.
+remote tier follows the device's plan without knowing its policy
+(:class:`PlanFollower`, what every tier server runs).
 
 * :class:`StaticPolicy` follows one fixed plan (LC, EC, CC, best static split).
 * :class:`AdaptivePolicy` re-plans per input from running link estimates: the
-  ``collabinfer`` row of Table 1. Later capabilities (exits, gates, cache)
-  extend it by overriding :meth:`decide`.
+  ``collabinfer`` row of Table 1.
+* :class:`~collabinfer.runtime.exit_policy.ExitingPolicy` wraps either and
+  tries exit heads on the device first.
+
+A policy also *learns*: the engine tells it about every transfer it made
+(:meth:`Policy.observe_transfer`, a one-way time on a virtual clock), every
+round trip it saw over a real socket (:meth:`Policy.observe_round_trip`) and
+every RTT probe (:meth:`Policy.observe_rtt`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from collabinfer.errors import ConfigError
+from collabinfer.errors import ConfigError, PlanError
 from collabinfer.plan.cost import Plan
 from collabinfer.plan.planner import Planner
 from collabinfer.runtime.estimator import LinkEstimator
@@ -34,7 +41,7 @@ class Action(StrEnum):
 
 
 class ExitAttempt(NamedTuple):
-    """An exit head the policy evaluated before deciding (the chain charges its time)."""
+    """An exit head the policy evaluated before deciding (the engine charges its time)."""
 
     cut: int
     fired: bool
@@ -62,7 +69,28 @@ class Policy(Protocol):
         """Called with ``state.next_block`` = the cut just reached."""
 
     def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
-        """Told about every transfer (started at virtual time ``at_s``)."""
+        """A one-way transfer of ``nbytes`` over ``link`` took ``seconds`` from ``at_s``."""
+
+    def observe_round_trip(self, link: int, nbytes: int, seconds: float, at_s: float) -> float:
+        """A request of ``nbytes`` and its small answer took ``seconds`` on the network
+        (the receiver's own time already subtracted); returns the one-way seconds the
+        policy attributes to the request."""
+
+    def observe_rtt(self, link: int, seconds: float) -> None:
+        """An explicit round-trip sample (a ping) on ``link``."""
+
+
+class _Blind:
+    """Observation verbs of a policy that learns nothing about its links."""
+
+    def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
+        return None
+
+    def observe_round_trip(self, link: int, nbytes: int, seconds: float, at_s: float) -> float:
+        return seconds / 2  # no RTT estimate to split it by: half each way
+
+    def observe_rtt(self, link: int, seconds: float) -> None:
+        return None
 
 
 def follow_plan(plan: Plan, state: State, num_blocks: int) -> Decision:
@@ -70,12 +98,25 @@ def follow_plan(plan: Plan, state: State, num_blocks: int) -> Decision:
     k = state.next_block
     if k >= num_blocks:
         return EXIT
-    if k < plan.end_of(state.tier):
+    if k < plan.boundaries[state.tier + 1]:
         return CONTINUE
     return Decision(Action.OFFLOAD, plan.codecs[state.tier])
 
 
-class StaticPolicy:
+class PlanFollower(_Blind):
+    """Follows the plan the State carries (a tier server's policy: the device chose it)."""
+
+    def begin(self, state: State) -> None:
+        if state.plan is None:
+            raise PlanError("a PlanFollower needs a State that carries a plan")
+
+    def decide(self, state: State, num_blocks: int) -> Decision:
+        if state.plan is None:
+            raise PlanError("a PlanFollower needs a State that carries a plan")
+        return follow_plan(state.plan, state, num_blocks)
+
+
+class StaticPolicy(_Blind):
     """Follows the same plan for every input."""
 
     def __init__(self, plan: Plan) -> None:
@@ -93,9 +134,6 @@ class StaticPolicy:
         if k < plan.boundaries[state.tier + 1]:
             return CONTINUE
         return Decision(Action.OFFLOAD, plan.codecs[state.tier])
-
-    def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
-        return None
 
 
 class AdaptivePolicy:
@@ -129,3 +167,12 @@ class AdaptivePolicy:
 
     def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
         self.estimators[link].observe(nbytes, seconds, at_s)
+
+    def observe_round_trip(self, link: int, nbytes: int, seconds: float, at_s: float) -> float:
+        if not 0 <= link < len(self.estimators):
+            return seconds / 2
+        return self.estimators[link].observe_round_trip(nbytes, seconds, at_s)
+
+    def observe_rtt(self, link: int, seconds: float) -> None:
+        if 0 <= link < len(self.estimators):
+            self.estimators[link].observe_rtt(seconds)

@@ -3,9 +3,9 @@
 :class:`DeviceExits` holds the exit heads, the rule chosen on validation
 (:class:`~collabinfer.model.dynamic.ExitRule`) and the gated block indices, and
 answers one question at a cut on the device: *is there an exit here that this
-input's path allows, and does it fire?* Both the in-process chain (through
-:class:`ExitingPolicy`) and the real-socket device client ask it, so the rule
-is applied in one place.
+input's path allows, and does it fire?* :class:`ExitingPolicy` asks it for the
+engine, so the in-process chain and the real-socket device client apply the
+rule in one place.
 
 Only the device tries exits: an input that exits there sends zero bytes and
 keeps its data on the device, which is the point of exiting before the link.
@@ -27,7 +27,7 @@ import torch
 from collabinfer.errors import ConfigError
 from collabinfer.model.dynamic import ExitRule
 from collabinfer.model.exits import ExitBranches
-from collabinfer.plan.policy import EXIT, Decision, ExitAttempt, Policy
+from collabinfer.runtime.policy import EXIT, Decision, ExitAttempt, Policy
 from collabinfer.runtime.state import PathEntry, State
 
 
@@ -101,7 +101,7 @@ class ExitingPolicy:
     def decide(self, state: State, num_blocks: int) -> Decision:
         k = state.next_block
         if state.tier == 0 and k < num_blocks and k not in state.exits_tried:
-            attempt = self.device_exits.attempt(k, state.z, state.path)
+            attempt = self.device_exits.attempt(k, state.output, state.path)
             if attempt is not None:
                 state.exits_tried.append(k)
                 if attempt.fired:
@@ -112,6 +112,12 @@ class ExitingPolicy:
 
     def observe_transfer(self, link: int, nbytes: int, seconds: float, at_s: float) -> None:
         self.inner.observe_transfer(link, nbytes, seconds, at_s)
+
+    def observe_round_trip(self, link: int, nbytes: int, seconds: float, at_s: float) -> float:
+        return self.inner.observe_round_trip(link, nbytes, seconds, at_s)
+
+    def observe_rtt(self, link: int, seconds: float) -> None:
+        self.inner.observe_rtt(link, seconds)
 
 
 __all__ = ["DeviceExits", "ExitingPolicy"]
