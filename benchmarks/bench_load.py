@@ -52,8 +52,9 @@ from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import profile_model
 from collabinfer.runtime.estimator import LinkEstimator
+from collabinfer.runtime.policy import AdaptivePolicy
 from collabinfer.serve.client import DeviceClient
-from collabinfer.serve.server import ServerConfig, load_served_model
+from collabinfer.serve.server import ServerConfig, free_port, load_served_model
 from collabinfer.topology.links import LinkProfile
 from collabinfer.topology.tiers import TierSpec
 
@@ -86,18 +87,10 @@ def _serve(config: ServerConfig, model: str, port: int, untrained: bool) -> None
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     window_ms: float, model: str, untrained: bool
 ) -> tuple[mp.process.BaseProcess, str]:
-    port = _free_port()
+    port = free_port()
     cfg = ServerConfig("edge", tier_index=1, batch_window_ms=window_ms, max_batch=16)
     proc = mp.get_context("spawn").Process(
         target=_serve, args=(cfg, model, port, untrained), daemon=True
@@ -157,8 +150,9 @@ async def drive(
                 net,
                 model,
                 url,
-                planner,
-                [LinkEstimator(LOOPBACK)],
+                AdaptivePolicy(planner, [LinkEstimator(LOOPBACK)]),
+                planner.tiers,
+                profile=planner.profile,
                 http=http,
                 deadline_s=30.0,
                 rtt_probe_s=None,  # only inference requests load the server

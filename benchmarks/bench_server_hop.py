@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -29,11 +28,12 @@ import httpx
 import torch
 from torch import nn
 
-from collabinfer.codec import Encoded, get_codec
+from collabinfer.codec import get_codec
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
-from collabinfer.serve.batching import run_blocks
-from collabinfer.serve.server import ServerConfig, create_app, serve_in_thread
+from collabinfer.runtime.engine import Charger, Engine
+from collabinfer.runtime.policy import PlanFollower
+from collabinfer.serve.server import ServerConfig, create_app, free_port, serve_in_thread
 from collabinfer.serve.wire import (
     HostedModel,
     RequestHeader,
@@ -43,6 +43,7 @@ from collabinfer.serve.wire import (
     decode_response,
     encode_request,
     encode_response,
+    state_from_request,
 )
 
 NAME = "hop-16k"
@@ -66,14 +67,8 @@ def _serve_process(port: int, seed: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_process(stack: ExitStack, seed: int) -> str:
-    port = _free_port()
+    port = free_port()
     proc = mp.get_context("spawn").Process(target=_serve_process, args=(port, seed), daemon=True)
     proc.start()
     stack.callback(lambda: (proc.terminate(), proc.join(10)))
@@ -107,13 +102,14 @@ def main() -> None:
     def header(i: int) -> RequestHeader:  # fresh ids: the server's retry cache never answers
         return RequestHeader(NAME, weights_hash(net), f"hop-{i}", 1, 0, enc.header, plan)
 
-    def in_process(i: int) -> ResponseBody:
+    engine = Engine(net, PlanFollower(), Charger.for_tier(1.0), check_finite=True)
+
+    def in_process(i: int) -> ResponseBody:  # what the server does, minus HTTP
         h, payload = decode_request(encode_request(header(i), enc.payload), 2**24)
         hosted.validate(h, payload)
-        z = get_codec(h.tensor.codec).decode(Encoded(h.tensor, payload))
-        out = run_blocks(net, z, 0, net.num_blocks).output
-        body = ResponseBody.from_output(h.request_id, 1, out, [], [], 0.0, False)
-        return decode_response(encode_response(body))
+        state = state_from_request(h, payload)
+        engine.advance(state)
+        return decode_response(encode_response(ResponseBody.from_state(state, 0.0)))
 
     with ExitStack() as stack:
         if args.server == "process":

@@ -50,4 +50,5 @@ def test_unknown_link_is_a_clean_error(tmp_path: Path) -> None:
 def test_report_on_missing_results_is_a_clean_error(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2
-    assert "cannot read Table 1 results" in res.output
+    assert "no result files in" in res.output and "table1.json" in res.output
+    assert "Traceback" not in res.output

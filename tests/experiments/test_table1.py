@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from collabinfer.data.synthetic import synthetic_dataset
-from collabinfer.experiments.table1 import PARADIGMS, Table1Config, run_table1
+from collabinfer.experiments.table1 import PARADIGMS, Table1Config, Table1Models, run_table1
 from collabinfer.model.zoo import create_model
 from collabinfer.plan.profile import profile_model
 from collabinfer.report.table1 import render_table1, write_table1
@@ -38,14 +38,13 @@ def result():
         real_sockets=False,  # the real-socket row needs trained zoo models: integration test
     )
     test = synthetic_dataset(60, seed=5, split="test")
-    return run_table1(
-        cfg,
+    models = Table1Models(
         full,
         local,
         profile_model(full, "tiny-cnn", repeats=3),
         profile_model(local, "tiny-mlp", repeats=3),
-        test,
     )
+    return run_table1(cfg, models, test)
 
 
 def test_rows_and_columns(result) -> None:

@@ -91,3 +91,20 @@ def test_reference_models_have_the_promised_sizes() -> None:
     }
     assert 150_000 <= params["fmnist-resnet"] <= 200_000
     assert 10_000 <= params["fmnist-small"] <= 60_000
+
+
+def test_activations_are_the_tensor_at_every_cut_in_one_pass() -> None:
+    torch.manual_seed(0)
+    net = create_model("tiny-cnn").eval()
+    x = torch.rand(3, 1, 28, 28)
+    calls = []
+    hooks = [b.register_forward_hook(lambda *_: calls.append(1)) for b in net.blocks]
+    with torch.inference_mode():
+        acts = net.activations(x)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == net.num_blocks, "one pass: every block runs once"
+    assert len(acts) == net.num_blocks + 1 and acts[0] is x
+    with torch.inference_mode():
+        for k, z in enumerate(acts):
+            assert torch.equal(z, net.run_until(x, k))

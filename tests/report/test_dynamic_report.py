@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import itertools
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,119 +13,17 @@ from typer.testing import CliRunner
 
 from collabinfer.cli import app
 from collabinfer.errors import ConfigError
+from collabinfer.experiments.dynamic_schema import DynamicResult
 from collabinfer.report.dynamic import markdown, render_dynamic, write_dynamic
+
+from .samples import dynamic_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("dynamic_flops.png", "dynamic_latency.png", "dynamic_exits.png", "dynamic_reliability.png")
 
 
-def _bins(shift: float) -> list[dict[str, float]]:
-    edges = [i / 5 for i in range(6)]
-    return [
-        {
-            "lo": lo,
-            "hi": hi,
-            "count": 0 if lo < 0.2 else 100,
-            "confidence": (lo + hi) / 2,
-            "accuracy": max(0.0, (lo + hi) / 2 - shift),
-        }
-        for lo, hi in itertools.pairwise(edges)
-    ]
-
-
-def _data() -> dict[str, Any]:
-    return {
-        "conditions": {
-            "num_inputs": 10000,
-            "backbone": "fmnist-resnet",
-            "threads": 1,
-            "measured_on": "Test CPU 3000",
-            "quick": False,
-            "seed": 7,
-        },
-        "points": [
-            {
-                "method": "static backbone",
-                "setting": "full",
-                "accuracy": 0.9331,
-                "mflops_per_input": 48.25,
-                "latency_p50_ms": 1.234,
-                "latency_p95_ms": 1.5,
-                "throughput_b32": 2100.0,
-            },
-            {
-                "method": "calibrated exits",
-                "setting": "max_drop=0.5pt",
-                "accuracy": 0.9287,
-                "mflops_per_input": 30.125,
-                "latency_p50_ms": 0.876,
-                "latency_p95_ms": 1.42,
-                "throughput_b32": 3050.0,
-                "val_accuracy": 0.935,
-                "exit_fractions": [0.4, 0.2, 0.4],
-                "exit_names": ["after_stem", "after_res1b", "final"],
-                "speedup_flops": 1.6,
-                "speedup_measured": 1.4,
-                "wasted_mflops_per_input": 0.3,
-            },
-            {
-                "method": "calibrated exits",
-                "setting": "max_drop=1pt",
-                "accuracy": 0.9201,
-                "mflops_per_input": 22.5,
-                "latency_p50_ms": 0.7,
-                "latency_p95_ms": 1.3,
-                "exit_fractions": [0.6, 0.1, 0.3],
-            },
-            {
-                "method": "gates",
-                "setting": "rate=0.6",
-                "accuracy": 0.9102,
-                "mflops_per_input": 33.0,
-                "latency_p50_ms": 1.1,
-                "latency_p95_ms": 1.3,
-            },
-        ],
-        "exits": [
-            {
-                "method": "calibrated exits",
-                "name": "after_stem",
-                "cut": 1,
-                "temperature": 1.4,
-                "head_accuracy": 0.81,
-                "ece_before": 0.05,
-                "ece_after": 0.012,
-                "reliability_before": _bins(0.1),
-                "reliability_after": _bins(0.01),
-            },
-            {
-                "method": "calibrated exits",
-                "name": "after_res1b",
-                "cut": 3,
-                "temperature": 1.25,
-                "head_accuracy": 0.89,
-                "ece_before": 0.031,
-                "ece_after": 0.008,
-                "reliability_before": _bins(0.05),
-                "reliability_after": _bins(0.0),
-            },
-        ],
-        "gates": [
-            {"method": "gates", "setting": "rate=0.6", "block": "res1a", "exec_rate": 0.55},
-            {"method": "gates", "setting": "rate=0.6", "block": "res2a", "exec_rate": 0.7},
-        ],
-        "summary": {
-            "targets": [
-                {
-                    "name": "calibrated exits within 0.5 pt",
-                    "target": ">= 92.81%",
-                    "reached": "92.87%",
-                    "met": True,
-                },
-                {"name": "gates 1.5x", "target": ">= 1.5x", "reached": "1.2x", "met": False},
-            ]
-        },
-    }
+def _result(data: dict[str, Any] | None = None) -> DynamicResult:
+    return DynamicResult.from_json(dynamic_data() if data is None else data)
 
 
 def _assert_png(path: Path) -> None:
@@ -135,14 +33,14 @@ def _assert_png(path: Path) -> None:
 
 
 def test_markdown_shows_every_method_and_formatted_numbers() -> None:
-    md = markdown(_data())
+    md = markdown(_result())
     for method in ("static backbone", "calibrated exits", "gates"):
         assert f"| {method} |" in md
     # accuracy %, MFLOPs and ms with two decimals, throughput, speed-ups and their ratio
     assert "| static backbone | full | 93.31% | — | 48.25 | 1.23 | 1.50 | 2,100 |" in md
     row = "| calibrated exits | max_drop=0.5pt | 92.87% | 93.50% | 30.12 | 0.88 | 1.42 | 3,050 |"
     assert row + " 1.40× | 1.60× | 0.87 |" in md  # measured / predicted = 0.875
-    assert "Test CPU 3000" in md and "10000 test inputs" in md and "seed=7" in md
+    assert "Test CPU 3000" in md and "10000 test inputs" in md and "48.25 MFLOPs" in md
     # targets with marks
     assert "| calibrated exits within 0.5 pt | >= 92.81% | 92.87% | ✔ |" in md
     assert "| gates 1.5x | >= 1.5x | 1.2x | ✘ |" in md
@@ -158,35 +56,53 @@ def test_markdown_shows_every_method_and_formatted_numbers() -> None:
 
 
 def test_missing_speedups_show_a_dash_not_zero() -> None:
-    md = markdown(_data())
+    md = markdown(_result())
     gates_row = next(line for line in md.splitlines() if line.startswith("| gates | rate=0.6 | 91"))
     assert gates_row.count("—") >= 4  # throughput, two speed-ups, ratio
 
 
+def test_a_pipe_in_a_name_does_not_break_the_table() -> None:
+    data = dynamic_data()
+    data["points"][3]["setting"] = "rate=0.6|hard"
+    line = next(ln for ln in markdown(_result(data)).splitlines() if "hard" in ln)
+    assert "rate=0.6\\|hard" in line
+
+
 def test_per_exit_accuracy_is_shown_and_checked() -> None:
-    data = _data()
+    data = dynamic_data()
     point = next(p for p in data["points"] if "exit_fractions" in p)
     point["exit_accuracy"] = [0.995, None, 0.81]
-    md = markdown(data)
+    md = markdown(_result(data))
     assert "(99.5%)" in md and "(81.0%)" in md
     point["exit_accuracy"] = [0.9, 0.8]  # one short
-    with pytest.raises(ConfigError, match="exit_accuracy"):
-        markdown(data)
+    with pytest.raises(ConfigError, match=r"points\[1\]: exit_accuracy has 2 entries"):
+        _result(data)
 
 
 def test_write_dynamic_writes_json_md_and_valid_pngs(tmp_path: Path) -> None:
-    data = _data()
-    paths = write_dynamic(data, tmp_path / "run")
-    names = [p.name for p in paths]
-    assert names == ["dynamic.json", "dynamic.md", *PLOTS]
+    paths = write_dynamic(_result(), tmp_path / "run")
+    assert [p.name for p in paths] == ["dynamic.json", "dynamic.md", *PLOTS]
     assert all(p.exists() for p in paths)
-    assert json.loads((tmp_path / "run" / "dynamic.json").read_text()) == data
+    # the file keeps the layout it was read from: same keys, same values
+    assert json.loads((tmp_path / "run" / "dynamic.json").read_text()) == dynamic_data()
     for name in PLOTS:
         _assert_png(tmp_path / "run" / name)
 
 
+def test_save_load_round_trips_exactly(tmp_path: Path) -> None:
+    result = _result()
+    result.save(tmp_path)
+    again = DynamicResult.load(tmp_path)
+    assert again == result
+    assert again.points[1].rule == result.points[1].rule  # the exit rule, typed
+    again.save(tmp_path / "again")
+    assert (tmp_path / "again" / "dynamic.json").read_bytes() == (
+        tmp_path / "dynamic.json"
+    ).read_bytes()
+
+
 def test_render_dynamic_round_trips(tmp_path: Path) -> None:
-    write_dynamic(_data(), tmp_path)
+    write_dynamic(_result(), tmp_path)
     md = (tmp_path / "dynamic.md").read_text()
     json_before = (tmp_path / "dynamic.json").read_bytes()
     for name in ("dynamic.md", *PLOTS):
@@ -200,14 +116,13 @@ def test_render_dynamic_round_trips(tmp_path: Path) -> None:
 
 
 def test_only_required_keys_still_renders(tmp_path: Path) -> None:
-    data = _data()
+    data = dynamic_data()
     for key in ("exits", "gates", "summary"):
         del data[key]
     required = {"method", "setting", "accuracy", "mflops_per_input"}
     required |= {"latency_p50_ms", "latency_p95_ms"}
     data["points"] = [{k: v for k, v in p.items() if k in required} for p in data["points"]]
-    data["conditions"] = {}
-    paths = write_dynamic(data, tmp_path)
+    paths = write_dynamic(_result(data), tmp_path)
     assert [p.name for p in paths] == [
         "dynamic.json",
         "dynamic.md",
@@ -225,9 +140,11 @@ def test_only_required_keys_still_renders(tmp_path: Path) -> None:
     [
         ((), "points"),
         ((), "conditions"),
+        (("conditions",), "measured_on"),
         (("points", 1), "mflops_per_input"),
         (("points", 0), "method"),
         (("exits", 0), "temperature"),
+        (("exits", 1, "reliability_after", 2), "count"),
         (("gates", 1), "exec_rate"),
         (("summary", "targets", 0), "met"),
     ],
@@ -235,24 +152,22 @@ def test_only_required_keys_still_renders(tmp_path: Path) -> None:
 def test_missing_key_is_a_config_error_naming_it(
     tmp_path: Path, where: tuple[str | int, ...], key: str
 ) -> None:
-    data = copy.deepcopy(_data())
+    data = copy.deepcopy(dynamic_data())
     node: Any = data
     for step in where:
         node = node[step]
     del node[key]
     (tmp_path / "dynamic.json").write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=repr(key)):
+    with pytest.raises(ConfigError, match=f"^dynamic.json: .*{key} is missing$"):
         render_dynamic(tmp_path)
-    with pytest.raises(ConfigError, match=repr(key)):
-        write_dynamic(data, tmp_path / "other")
-    assert not (tmp_path / "other").exists()  # nothing written for a broken dict
+    assert not (tmp_path / "dynamic.md").exists()  # nothing rendered from a broken file
 
 
 def test_wrong_type_and_unreadable_file_are_config_errors(tmp_path: Path) -> None:
-    data = _data()
+    data = dynamic_data()
     data["points"][0]["accuracy"] = "high"
     with pytest.raises(ConfigError, match=r"points\[0\]\.accuracy must be a number"):
-        markdown(data)
+        _result(data)
     with pytest.raises(ConfigError, match="cannot read dynamic results"):
         render_dynamic(tmp_path)  # no file
     (tmp_path / "dynamic.json").write_text("{not json")
@@ -260,8 +175,17 @@ def test_wrong_type_and_unreadable_file_are_config_errors(tmp_path: Path) -> Non
         render_dynamic(tmp_path)
 
 
+def test_a_result_that_could_not_be_read_back_is_never_written(tmp_path: Path) -> None:
+    result = _result()
+    bad = dataclasses.replace(result.points[0], mflops_per_input=float("nan"))
+    broken = dataclasses.replace(result, points=(bad, *result.points[1:]))
+    with pytest.raises(ConfigError, match=r"points\[0\]\.mflops_per_input must be a finite"):
+        write_dynamic(broken, tmp_path / "out")
+    assert not (tmp_path / "out" / "dynamic.json").exists()
+
+
 def test_cli_report_renders_a_dynamic_only_folder(tmp_path: Path) -> None:
-    write_dynamic(_data(), tmp_path)
+    write_dynamic(_result(), tmp_path)
     (tmp_path / "dynamic.md").unlink()
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 0, res.output

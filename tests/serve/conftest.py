@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,17 +35,11 @@ from collabinfer.runtime.policy import AdaptivePolicy, Policy
 from collabinfer.serve import ServerConfig, create_app, serve_in_thread
 from collabinfer.serve.client import DeviceClient
 from collabinfer.serve.relay import RelayThread
+from collabinfer.serve.server import free_port
 from collabinfer.topology.links import LinkProfile
 
 LOOPBACK = LinkProfile("loopback", 1000.0, 1.0)
 FROZEN = 1e-9  # an EWMA weight so small that estimates never move: plans stay put
-
-
-def free_port() -> int:
-    """A port free right now on 127.0.0.1 (the usual small race is fine for tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def synthetic_profile(net: BlockNet, name: str, times_ms: Sequence[float]) -> Profile:

@@ -332,7 +332,8 @@ def test_relay_cli_resolves_profiles_and_refuses_bad_input() -> None:
     import typer
     from typer.testing import CliRunner
 
-    from collabinfer.serve.relay_cli import relay, resolve_profile
+    from collabinfer.cli.serve import relay
+    from collabinfer.serve.relay import resolve_profile
 
     lte = resolve_profile("lte", None, 80.0, 5.0)
     assert (lte.bandwidth_mbps, lte.rtt_ms, lte.jitter_ms) == (5.85, 80.0, 5.0)

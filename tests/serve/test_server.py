@@ -20,14 +20,15 @@ from fastapi import FastAPI
 from torch import nn
 from typer.testing import CliRunner
 
+from collabinfer.cli.serve import serve
 from collabinfer.codec import get_codec, list_codecs
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
 from collabinfer.runtime.state import PathEntry, StepKind
 from collabinfer.serve.batching import BlockBatcher
+from collabinfer.serve.config import parse_blocks
 from collabinfer.serve.server import ServerConfig, create_app, load_served_model, serve_in_thread
-from collabinfer.serve.server_cli import parse_blocks, serve
 from collabinfer.serve.wire import (
     RequestHeader,
     ResponseBody,

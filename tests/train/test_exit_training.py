@@ -19,6 +19,7 @@ from collabinfer.model.dynamic import ExitRule, flops_table
 from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import gated_blocks, is_gated
 from collabinfer.model.zoo import create_model
+from collabinfer.train import gates as gates_recipe
 from collabinfer.train.exit_rules import (
     calibrated_rule,
     entropy_rule,
@@ -104,9 +105,10 @@ def test_progress_reports_every_step(backbone, splits) -> None:
     assert net is not backbone  # joint training fine-tunes a copy ...
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
     assert not _same_state(net, backbone)  # ... and the copy moved
-    assert [s for _, s, _ in seen] == list(range(1, 9))  # 256 / 64 = 4 steps per epoch
-    assert {t for _, _, t in seen} == {8}
-    assert [p for p, _, _ in seen] == ["exits (frozen backbone)"] * 4 + ["exits (joint)"] * 4
+    # one bar per phase, 256 / 64 = 4 steps per epoch each
+    assert seen == [("train exits (frozen backbone)", s, 4) for s in range(1, 5)] + [
+        ("train exits (joint)", s, 4) for s in range(1, 5)
+    ]
     assert all(loss > 0 for loss in losses)
 
 
@@ -269,7 +271,7 @@ def test_default_gates_loads_only_train_and_val(
             raise AssertionError("the test split was loaded while tuning")
         return splits[split]
 
-    monkeypatch.setattr(fashion_mnist, "load_split", load_split)
+    monkeypatch.setattr(gates_recipe, "load_split", load_split)
     tg = default_gates(backbone, cache=tmp_path, config=GATES)
     assert is_gated(tg.net)
     assert sorted(set(loaded)) == ["train", "val"]
@@ -310,21 +312,18 @@ def test_chosen_rules_do_not_depend_on_the_test_data(backbone, splits, tmp_path:
     a, b = results
 
     def chosen(r) -> list[tuple]:
-        return [
-            (p["method"], p["setting"], repr(p.get("rule")), p.get("val_accuracy"))
-            for p in r.points
-        ]
+        return [(p.method, p.setting, repr(p.rule), p.val_accuracy) for p in r.points]
 
     assert chosen(a) == chosen(b)
-    assert sum(p.get("rule") is not None for p in a.points) >= 8
-    assert [(r["method"], r["temperature"]) for r in a.exits] == [
-        (r["method"], r["temperature"]) for r in b.exits
+    assert sum(p.rule is not None for p in a.points) >= 8
+    assert [(r.method, r.temperature) for r in a.exits] == [
+        (r.method, r.temperature) for r in b.exits
     ]
-    assert _without_seconds(a.conditions["train_metrics"]) == _without_seconds(
-        b.conditions["train_metrics"]
+    assert _without_seconds(a.conditions.train_metrics) == _without_seconds(
+        b.conditions.train_metrics
     )
     # ... and the test data did reach the measurements: the accuracies differ
-    assert [p["accuracy"] for p in a.points] != [p["accuracy"] for p in b.points]
+    assert [p.accuracy for p in a.points] != [p.accuracy for p in b.points]
 
 
 def _without_seconds(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

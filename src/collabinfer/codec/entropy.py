@@ -4,10 +4,14 @@ Why: a learned bottleneck is only as cheap as the bits its latents really
 cost, so the rate must come from a real bitstream, not from likelihoods. The
 prior is one categorical distribution per channel, stored as **integer
 frequency tables** (:class:`FactorizedTables`). Integers, because sender and
-receiver must use bit-identical probabilities: tables computed once (from the
-model's float probabilities) and shipped with the checkpoint decode the same
-on every machine, while re-deriving them from floats on each side could
-differ in the last bit and break decoding.
+receiver must use bit-identical probabilities. Today each side *derives* the
+tables from the model's weights (:func:`collabinfer.model.bottleneck.deploy`:
+the prior's float64 probabilities, quantised by :meth:`FactorizedTables.from_probabilities`);
+that is deterministic arithmetic on the same weights, and a test derives them
+in two separate processes and decodes one's bitstream in the other. Should two
+machines ever differ in the last bit, the stream's CRC turns the mismatch into
+a :class:`CodecError`, never into wrong symbols; :meth:`FactorizedTables.to_json`
+is the form to ship them in where deriving is not wanted.
 
 Coder: ``constriction``'s ANS (``AnsCoder``, 32-bit words, 24-bit
 probabilities). constriction does not take integer tables directly: its
@@ -156,7 +160,7 @@ class FactorizedTables:
         return cls(p, tuple(offsets), tuple(_quantise(row, p, c) for c, row in enumerate(rows)))
 
     def to_json(self) -> str:
-        """Compact, sorted JSON: the form the tables travel in (e.g. inside a checkpoint)."""
+        """Compact, sorted JSON: the form the tables travel in when they are shipped."""
         obj = {
             "format": _TABLES_FORMAT,
             "version": FORMAT_VERSION,

@@ -18,6 +18,18 @@ For every point: test accuracy, mean FLOPs per input (counted from what ran),
 batch-1 latency p50/p95 on one thread, throughput at batch 32 on one thread,
 the exit distribution, compute spent on heads whose answer was discarded, and
 the measured vs FLOP-predicted speed-up over the static backbone.
+
+:func:`run_dynamic` is a short list of builders, each returning its value:
+:func:`sweep` (one exit set: its rules, chosen per method on one validation
+record, then measured), :func:`measure_static` and :func:`measure_gates`
+(one point each), :func:`calibration_rows`, :func:`gate_rates`,
+:func:`time_points` (every point timed side by side, at the end) and
+:func:`summarise`. The result, :class:`DynamicResult`, is typed in
+:mod:`~collabinfer.experiments.dynamic_schema` (and re-exported here)::
+
+    result = run_dynamic(DynamicConfig.make(quick=True), backbone,
+                         train, val, test, cache, progress)
+    result.save(Path("results/dynamic"))  # dynamic.json
 """
 
 from __future__ import annotations
@@ -26,19 +38,30 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.experiments.dynamic_schema import (
+    DynamicConditions,
+    DynamicPoint,
+    DynamicResult,
+    DynamicSummary,
+    ExitCalibration,
+    GateRate,
+    PathAwareComparison,
+    Target,
+)
+from collabinfer.experiments.records import to_json
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.calibration import expected_calibration_error, reliability_table
-from collabinfer.model.dynamic import DynamicNet, FlopsTable, flops_table, per_input_flops
+from collabinfer.model.dynamic import DynamicNet, ExitRule, FlopsTable, flops_table, per_input_flops
 from collabinfer.model.exits import ExitBranches
 from collabinfer.plan.profile import machine_label, one_thread
+from collabinfer.progress import ProgressFn, report
 from collabinfer.train.exit_rules import (
     ChosenRule,
     ExitRecords,
@@ -47,11 +70,30 @@ from collabinfer.train.exit_rules import (
     record_exits,
 )
 from collabinfer.train.exits import ExitConfig, train_or_load_exits
-from collabinfer.train.gates import GateConfig, gated_accuracy, train_or_load_gates
+from collabinfer.train.gates import GateConfig, TrainedGates, gated_accuracy, train_or_load_gates
 
-ProgressFn = Callable[[str, int, int], None]
-TrainProgressFn = Callable[[str, int, int, dict[str, float]], None]
+__all__ = [
+    "Bench",
+    "DynamicConfig",
+    "DynamicResult",
+    "Measured",
+    "Untimed",
+    "calibration_rows",
+    "choose_rules",
+    "gate_rates",
+    "measure",
+    "measure_gates",
+    "measure_rules",
+    "measure_static",
+    "run_dynamic",
+    "summarise",
+    "sweep",
+    "time_points",
+    "time_side_by_side",
+]
 
+MEASURE_TASK = "measure (test split)"
+TIME_TASK = "time at batch 1 (side by side)"
 
 # Frozen configs, so one shared default instance is safe.
 DEFAULT_EXITS = ExitConfig()
@@ -94,31 +136,55 @@ class DynamicConfig:
             quick=True,
         )
 
+    @property
+    def num_points(self) -> int:
+        """Points :func:`run_dynamic` measures: static, gates, four sweeps of drops,
+        the budgets and (with ``joint``) one more sweep."""
+        drops = len(self.max_drops)
+        return 2 + 4 * drops + len(self.budgets) + (drops if self.joint is not None else 0)
 
-@dataclass(frozen=True)
-class DynamicResult:
-    conditions: dict[str, Any]
-    points: list[dict[str, Any]]
-    exits: list[dict[str, Any]] = field(default_factory=list)
-    gates: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
 
-    def to_json_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+Infer = Callable[[torch.Tensor], object]
 
 
 @dataclass(frozen=True)
 class Measured:
     accuracy: float
     mflops: float
-    infer: Callable[[torch.Tensor], object]  # what the timing runs (batch 1 and batch 32)
+    infer: Infer  # what the timing runs (batch 1 and batch 32)
     exit_fractions: tuple[float, ...]
     exit_accuracy: tuple[float | None, ...]
     wasted_mflops: float
     exec_rates: tuple[float, ...]
 
 
-Infer = Callable[[torch.Tensor], object]
+@dataclass(frozen=True)
+class Untimed:
+    """A point measured for accuracy and FLOPs, waiting for :func:`time_points`."""
+
+    method: str
+    setting: str
+    measured: Measured
+    exit_names: tuple[str, ...] = ()
+    rule: ExitRule | None = None  # chosen on validation; what it did there:
+    val_accuracy: float | None = None
+    val_mflops_per_input: float | None = None
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every measuring builder shares: the config, the validation split the
+    rules are chosen on, the test inputs every method runs, the static backbone's
+    FLOPs (budgets are fractions of it) and the progress callback."""
+
+    cfg: DynamicConfig
+    val: Dataset
+    data: Dataset
+    backbone_flops: float
+    progress: ProgressFn | None = None
+
+    def measured(self, done: int) -> None:
+        report(self.progress, MEASURE_TASK, done, self.cfg.num_points)
 
 
 def time_side_by_side(
@@ -151,8 +217,7 @@ def time_side_by_side(
                     t0 = time.perf_counter()
                     fn(x)
                     lat[j].append((time.perf_counter() - t0) * 1e3)
-            if progress is not None:
-                progress("time at batch 1 (side by side)", min(n, start + chunk), n)
+            report(progress, TIME_TASK, min(n, start + chunk), n)
         batches = [thr_data.images[k : k + batch] for k in range(0, len(thr_data), batch)]
         per = max(1, chunk // batch)
         for c, start in enumerate(range(0, len(batches), per)):
@@ -210,26 +275,97 @@ def measure(
     )
 
 
-def _point(method: str, setting: str, m: Measured, names: list[str], **extra: Any) -> dict:
-    d: dict[str, Any] = {
-        "method": method,
-        "setting": setting,
-        "accuracy": m.accuracy,
-        "mflops_per_input": m.mflops,
-    }
-    if len(m.exit_fractions) > 1:
-        d["exit_fractions"] = list(m.exit_fractions)
-        d["exit_accuracy"] = list(m.exit_accuracy)
-        d["exit_names"] = names
-        d["wasted_mflops_per_input"] = m.wasted_mflops
-    if m.exec_rates:
-        d["gate_exec_rates"] = list(m.exec_rates)
-    return d | extra
+def measure_static(bench: Bench, backbone: BlockNet, flops: FlopsTable) -> Untimed:
+    """The plain backbone: the reference every speed-up is against (timed as ``backbone``)."""
+    m = measure(DynamicNet(backbone), flops, bench.data, bench.cfg, plain=backbone)
+    return Untimed("static backbone", "-", m)
 
 
-def _calibration_rows(
+def choose_rules(
+    bench: Bench, method: str, path_aware: bool, rec: ExitRecords, flops: FlopsTable
+) -> list[tuple[str, ChosenRule]]:
+    """``(setting, rule)`` for every allowed drop (and, for ``calibrated exits``,
+    every compute budget), chosen on the validation record ``rec``."""
+    cfg = bench.cfg
+    chosen: list[tuple[str, ChosenRule]] = []
+    for drop in cfg.max_drops:
+        setting = f"max_drop={100 * drop:g}pt"
+        if method == "entropy exits":
+            chosen.append((setting, entropy_rule(rec, flops, max_drop=drop)))
+        else:
+            rule = calibrated_rule(
+                rec, flops, max_drop=drop, path_aware=path_aware, levels=cfg.levels
+            )
+            chosen.append((setting, rule))
+    if method == "calibrated exits":
+        for b in cfg.budgets:
+            rule = calibrated_rule(rec, flops, budget=b * bench.backbone_flops, levels=cfg.levels)
+            chosen.append((f"budget={100 * b:g}%", rule))
+    return chosen
+
+
+def measure_rules(
+    bench: Bench,
+    method: str,
+    net: BlockNet,
+    exits: ExitBranches,
+    flops: FlopsTable,
+    chosen: list[tuple[str, ChosenRule]],
+    done: int,
+) -> list[Untimed]:
+    """Each chosen rule on the test inputs, in order; ``done`` points came before."""
+    names = (*exits.names, "final")
+    out = []
+    for setting, ch in chosen:
+        m = measure(DynamicNet(net, exits, ch.rule), flops, bench.data, bench.cfg)
+        val = ch.val
+        out.append(Untimed(method, setting, m, names, ch.rule, val.accuracy, val.mean_cost / 1e6))
+        bench.measured(done + len(out))
+    return out
+
+
+def sweep(
+    bench: Bench,
+    net: BlockNet,
+    exits: ExitBranches,
+    methods: tuple[tuple[str, bool], ...],
+    done: int,
+) -> tuple[list[Untimed], ExitRecords]:
+    """Every ``(method, path_aware)`` on one exit set, from one validation record
+    (returned too: the calibration rows read it). Each method's rules are chosen,
+    then measured, before the next method's."""
+    flops = flops_table(net, exits)
+    rec = record_exits(net, exits, bench.val)
+    out: list[Untimed] = []
+    for method, path_aware in methods:
+        chosen = choose_rules(bench, method, path_aware, rec, flops)
+        out += measure_rules(bench, method, net, exits, flops, chosen, done + len(out))
+    return out, rec
+
+
+def measure_gates(bench: Bench, gates: TrainedGates, flops: FlopsTable) -> Untimed:
+    """The gated backbone without exits."""
+    m = measure(DynamicNet(gates.net), flops, bench.data, bench.cfg)
+    return Untimed("gates", gate_setting(bench.cfg), m, val_accuracy=gates.metrics.get("val_acc"))
+
+
+def gate_setting(cfg: DynamicConfig) -> str:
+    return f"rate={cfg.gates.target_rate:g}"
+
+
+def gate_rates(bench: Bench, gates: TrainedGates, flops: FlopsTable) -> list[GateRate]:
+    """Each gated block's execution rate on the test inputs."""
+    _, test_rates = gated_accuracy(gates.net, bench.data)
+    setting = gate_setting(bench.cfg)
+    return [
+        GateRate("gates", setting, gates.net.block_names[i], r)
+        for i, r in zip(flops.gate_index, test_rates, strict=True)
+    ]
+
+
+def calibration_rows(
     method: str, backbone: BlockNet, exits: ExitBranches, val_rec: ExitRecords, test: Dataset
-) -> list[dict[str, Any]]:
+) -> list[ExitCalibration]:
     """Per exit: temperature (fitted on val), head accuracy and ECE on the *test* split."""
     test_rec = record_exits(backbone, exits, test)
     rows = []
@@ -239,24 +375,68 @@ def _calibration_rows(
         before, after = torch.softmax(raw, 1), torch.softmax(raw / t, 1)
         val_after = torch.softmax(val_rec.logits[e] / t, 1)
         rows.append(
-            {
-                "method": method,
-                "name": name,
-                "cut": exits.cuts[e],
-                "temperature": t,
-                "head_accuracy": float((raw.argmax(1) == test_rec.labels).float().mean()),
-                "ece_before": expected_calibration_error(before, test_rec.labels),
-                "ece_after": expected_calibration_error(after, test_rec.labels),
-                "val_ece_after": expected_calibration_error(val_after, val_rec.labels),
-                "reliability_before": [
-                    dataclasses.asdict(b) for b in reliability_table(before, test_rec.labels)
-                ],
-                "reliability_after": [
-                    dataclasses.asdict(b) for b in reliability_table(after, test_rec.labels)
-                ],
-            }
+            ExitCalibration(
+                method=method,
+                name=name,
+                cut=exits.cuts[e],
+                temperature=t,
+                head_accuracy=float((raw.argmax(1) == test_rec.labels).float().mean()),
+                ece_before=expected_calibration_error(before, test_rec.labels),
+                ece_after=expected_calibration_error(after, test_rec.labels),
+                val_ece_after=expected_calibration_error(val_after, val_rec.labels),
+                reliability_before=tuple(reliability_table(before, test_rec.labels)),
+                reliability_after=tuple(reliability_table(after, test_rec.labels)),
+            )
         )
     return rows
+
+
+def time_points(bench: Bench, untimed: list[Untimed]) -> list[DynamicPoint]:
+    """Every point timed side by side (:func:`time_side_by_side`); speed-ups against
+    the first (the static backbone)."""
+    cfg = bench.cfg
+    timings = time_side_by_side(
+        [u.measured.infer for u in untimed],
+        bench.data.subset(cfg.latency_inputs, cfg.subset_seed + 1),
+        bench.data.subset(cfg.throughput_inputs, cfg.subset_seed + 2),
+        cfg.throughput_batch,
+        bench.progress,
+    )
+    stats = [
+        (statistics.median(lat), float(np.percentile(lat, 95)), float(np.mean(lat)), thr)
+        for lat, thr in timings
+    ]
+    base_mflops = untimed[0].measured.mflops
+    base_p50, _, base_mean, _ = stats[0]
+    points = []
+    for u, (p50, p95, mean, thr) in zip(untimed, stats, strict=True):
+        m = u.measured
+        has_exits = len(m.exit_fractions) > 1
+        points.append(
+            DynamicPoint(
+                method=u.method,
+                setting=u.setting,
+                accuracy=m.accuracy,
+                mflops_per_input=m.mflops,
+                exit_fractions=m.exit_fractions if has_exits else None,
+                exit_accuracy=m.exit_accuracy if has_exits else None,
+                exit_names=u.exit_names if has_exits else None,
+                wasted_mflops_per_input=m.wasted_mflops if has_exits else None,
+                gate_exec_rates=m.exec_rates or None,
+                val_accuracy=u.val_accuracy,
+                val_mflops_per_input=u.val_mflops_per_input,
+                rule=u.rule,
+                latency_p50_ms=p50,
+                latency_p95_ms=p95,
+                latency_mean_ms=mean,
+                throughput_b32=thr,
+                speedup_flops=base_mflops / m.mflops,
+                # mean batch-1 latency against mean FLOPs: both are per-input averages
+                speedup_measured=base_mean / mean,
+                speedup_p50=base_p50 / p50,
+            )
+        )
+    return points
 
 
 def run_dynamic(
@@ -267,200 +447,130 @@ def run_dynamic(
     test: Dataset,
     cache: Path | None = None,
     progress: ProgressFn | None = None,
-    train_progress: TrainProgressFn | None = None,
 ) -> DynamicResult:
-    """Train (or reuse) exits and gates, choose rules on validation, measure on test."""
+    """Train (or reuse) exits and gates, choose rules on validation, measure on test.
+
+    ``progress`` hears the training recipes' phases, then ``"measure (test
+    split)"`` once per point and ``"time at batch 1 (side by side)"`` per chunk.
+    """
     t_start = time.perf_counter()
     data = test.subset(cfg.num_inputs, cfg.subset_seed)
     backbone = backbone.eval()
-    points: list[dict[str, Any]] = []
-    infers: list[Infer] = []  # what each point runs, timed side by side at the end
-    calib: list[dict[str, Any]] = []
-    drops = len(cfg.max_drops)
-    todo = 2 + 4 * drops + len(cfg.budgets) + (drops if cfg.joint is not None else 0)
-    done = 0
-
-    def tick(what: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress("measure (test split)", done, todo)
-
     with one_thread():
         measured_on = machine_label()
     static_flops = flops_table(backbone)
-    base = measure(DynamicNet(backbone), static_flops, data, cfg, plain=backbone)
-    points.append(_point("static backbone", "-", base, []))
-    infers.append(base.infer)
-    tick("static backbone")
+    bench = Bench(cfg, val, data, static_flops.backbone, progress)
 
-    def sweep(net: BlockNet, exits: ExitBranches, *methods: tuple[str, bool]) -> ExitRecords:
-        """Every ``(method, path_aware)`` on one exit set, from one validation record."""
-        flops = flops_table(net, exits)
-        rec = record_exits(net, exits, val)
-        for method, path_aware in methods:
-            sweep_one(method, net, exits, path_aware, flops, rec)
-        return rec
-
-    def sweep_one(
-        method: str,
-        net: BlockNet,
-        exits: ExitBranches,
-        path_aware: bool,
-        flops: FlopsTable,
-        rec: ExitRecords,
-    ) -> None:
-        names = [*exits.names, "final"]
-        chosen: list[tuple[str, ChosenRule]] = []
-        for drop in cfg.max_drops:
-            setting = f"max_drop={100 * drop:g}pt"
-            if method == "entropy exits":
-                chosen.append((setting, entropy_rule(rec, flops, max_drop=drop)))
-            else:
-                rule = calibrated_rule(
-                    rec, flops, max_drop=drop, path_aware=path_aware, levels=cfg.levels
-                )
-                chosen.append((setting, rule))
-        if method == "calibrated exits":
-            for b in cfg.budgets:
-                rule = calibrated_rule(
-                    rec, flops, budget=b * static_flops.backbone, levels=cfg.levels
-                )
-                chosen.append((f"budget={100 * b:g}%", rule))
-        for setting, ch in chosen:
-            m = measure(DynamicNet(net, exits, ch.rule), flops, data, cfg)
-            infers.append(m.infer)
-            points.append(
-                _point(
-                    method,
-                    setting,
-                    m,
-                    names,
-                    val_accuracy=ch.val.accuracy,
-                    val_mflops_per_input=ch.val.mean_cost / 1e6,
-                    rule=ch.rule.to_json(),
-                )
-            )
-            tick(f"{method} {setting}")
-
-    ex = train_or_load_exits(cfg.exits, backbone, train, val, cache, train_progress)
-    rec = sweep(ex.backbone, ex.exits, ("entropy exits", False), ("calibrated exits", False))
-    calib += _calibration_rows("calibrated exits", ex.backbone, ex.exits, rec, data)
+    untimed = [measure_static(bench, backbone, static_flops)]
+    bench.measured(len(untimed))
+    ex = train_or_load_exits(cfg.exits, backbone, train, val, cache, progress)
+    methods: tuple[tuple[str, bool], ...] = (("entropy exits", False), ("calibrated exits", False))
+    swept, rec = sweep(bench, ex.backbone, ex.exits, methods, len(untimed))
+    untimed += swept
+    calib = calibration_rows("calibrated exits", ex.backbone, ex.exits, rec, data)
     if cfg.joint is not None:
-        jx = train_or_load_exits(cfg.joint, backbone, train, val, cache, train_progress)
-        rec = sweep(jx.backbone, jx.exits, ("calibrated exits (joint)", False))
-        calib += _calibration_rows("calibrated exits (joint)", jx.backbone, jx.exits, rec, data)
-    tg = train_or_load_gates(cfg.gates, backbone, train, val, cache, train_progress)
+        jx = train_or_load_exits(cfg.joint, backbone, train, val, cache, progress)
+        methods = (("calibrated exits (joint)", False),)
+        swept, rec = sweep(bench, jx.backbone, jx.exits, methods, len(untimed))
+        untimed += swept
+        calib += calibration_rows("calibrated exits (joint)", jx.backbone, jx.exits, rec, data)
+    tg = train_or_load_gates(cfg.gates, backbone, train, val, cache, progress)
     gflops = flops_table(tg.net)
-    gm = measure(DynamicNet(tg.net), gflops, data, cfg)
-    infers.append(gm.infer)
-    rate_setting = f"rate={cfg.gates.target_rate:g}"
-    points.append(_point("gates", rate_setting, gm, [], val_accuracy=tg.metrics.get("val_acc")))
-    tick("gates")
-    gx = train_or_load_exits(cfg.gated_exits, tg.net, train, val, cache, train_progress)
-    rec = sweep(tg.net, gx.exits, ("gates + exits", False), ("gates + path-aware exits", True))
-    calib += _calibration_rows("gates + exits", tg.net, gx.exits, rec, data)
-    _, test_rates = gated_accuracy(tg.net, data)
-    gate_rows = [
-        {"method": "gates", "setting": rate_setting, "block": tg.net.block_names[i], "exec_rate": r}
-        for i, r in zip(gflops.gate_index, test_rates, strict=True)
-    ]
-    timings = time_side_by_side(
-        infers,
-        data.subset(cfg.latency_inputs, cfg.subset_seed + 1),
-        data.subset(cfg.throughput_inputs, cfg.subset_seed + 2),
-        cfg.throughput_batch,
-        progress,
-    )
-    for p, (lat, thr) in zip(points, timings, strict=True):
-        p["latency_p50_ms"] = statistics.median(lat)
-        p["latency_p95_ms"] = float(np.percentile(lat, 95))
-        p["latency_mean_ms"] = float(np.mean(lat))
-        p["throughput_b32"] = thr
-    for p in points:
-        p["speedup_flops"] = points[0]["mflops_per_input"] / p["mflops_per_input"]
-        # mean batch-1 latency against mean FLOPs: both are per-input averages
-        p["speedup_measured"] = points[0]["latency_mean_ms"] / p["latency_mean_ms"]
-        p["speedup_p50"] = points[0]["latency_p50_ms"] / p["latency_p50_ms"]
-    conditions = {
-        "num_inputs": len(data),
-        "backbone": cfg.backbone,
-        "backbone_mflops": static_flops.backbone / 1e6,
-        "threads": 1,
-        "latency": f"batch 1, one thread, {cfg.latency_inputs} test inputs in chunks of 50, "
+    untimed.append(measure_gates(bench, tg, gflops))
+    bench.measured(len(untimed))
+    gx = train_or_load_exits(cfg.gated_exits, tg.net, train, val, cache, progress)
+    methods = (("gates + exits", False), ("gates + path-aware exits", True))
+    swept, rec = sweep(bench, tg.net, gx.exits, methods, len(untimed))
+    untimed += swept
+    calib += calibration_rows("gates + exits", tg.net, gx.exits, rec, data)
+    gates = gate_rates(bench, tg, gflops)
+    points = time_points(bench, untimed)
+    conditions = DynamicConditions(
+        num_inputs=len(data),
+        backbone=cfg.backbone,
+        backbone_mflops=static_flops.backbone / 1e6,
+        threads=1,
+        latency=f"batch 1, one thread, {cfg.latency_inputs} test inputs in chunks of 50, "
         f"each chunk through every method in turn; throughput: batch {cfg.throughput_batch}, "
         f"one thread, {cfg.throughput_inputs} inputs, the same way",
-        "measured_on": measured_on,
-        "tuned_on": "thresholds, temperatures and path conditions on the validation split only",
-        "quick": cfg.quick,
-        "seconds": time.perf_counter() - t_start,
-        "config": dataclasses.asdict(cfg),
-        "train_metrics": {"exits": ex.metrics, "gates": tg.metrics, "gated_exits": gx.metrics},
-    }
-    result = DynamicResult(conditions, points, calib, gate_rows)
-    return dataclasses.replace(result, summary=summarise(result, cfg))
+        measured_on=measured_on,
+        tuned_on="thresholds, temperatures and path conditions on the validation split only",
+        quick=cfg.quick,
+        seconds=time.perf_counter() - t_start,
+        config=to_json(dataclasses.asdict(cfg)),  # as the file has it: lists, not tuples
+        train_metrics={"exits": ex.metrics, "gates": tg.metrics, "gated_exits": gx.metrics},
+    )
+    summary = summarise(points, calib, cfg)
+    return DynamicResult(conditions, tuple(points), tuple(calib), tuple(gates), summary)
 
 
-def _at(points: list[dict[str, Any]], method: str, setting: str) -> dict[str, Any] | None:
-    return next((p for p in points if p["method"] == method and p["setting"] == setting), None)
+def _timed(value: float | None) -> float:
+    """A timing field of a point :func:`time_points` made (never None there)."""
+    if value is None:
+        raise ValueError("summarise needs timed points")  # a bug, not a user's input
+    return value
 
 
-def summarise(result: DynamicResult, cfg: DynamicConfig) -> dict[str, Any]:
+def summarise(
+    points: list[DynamicPoint], exits: list[ExitCalibration], cfg: DynamicConfig
+) -> DynamicSummary:
     """The issue's targets, judged on the test numbers (settings fixed before measuring)."""
-    pts = result.points
-    base = pts[0]
+    base = points[0]
     setting = f"max_drop={100 * cfg.headline_drop:g}pt"
     targets = []
 
-    def drop_pt(p: dict[str, Any]) -> float:
-        return 100 * (base["accuracy"] - p["accuracy"])
+    def drop_pt(p: DynamicPoint) -> float:
+        return 100 * (base.accuracy - p.accuracy)
 
-    cal = _at(pts, "calibrated exits", setting)
+    def at(method: str) -> DynamicPoint | None:
+        return next((p for p in points if (p.method, p.setting) == (method, setting)), None)
+
+    cal = at("calibrated exits")
     if cal is not None:
-        cut = 1 - cal["mflops_per_input"] / base["mflops_per_input"]
+        cut = 1 - cal.mflops_per_input / base.mflops_per_input
+        speedup = _timed(cal.speedup_measured)
         targets.append(
-            {
-                "name": f"calibrated exits ({setting})",
-                "target": "drop <= 0.5 pt, compute -40 %, batch-1 latency >= 1.5x (mean)",
-                "reached": f"drop {drop_pt(cal):.2f} pt, compute {-100 * cut:+.1f} %, "
-                f"latency {cal['speedup_measured']:.2f}x (p50 {cal['speedup_p50']:.2f}x)",
-                "met": drop_pt(cal) <= 0.5 and cut >= 0.4 and cal["speedup_measured"] >= 1.5,
-            }
+            Target(
+                name=f"calibrated exits ({setting})",
+                target="drop <= 0.5 pt, compute -40 %, batch-1 latency >= 1.5x (mean)",
+                reached=f"drop {drop_pt(cal):.2f} pt, compute {-100 * cut:+.1f} %, "
+                f"latency {speedup:.2f}x (p50 {_timed(cal.speedup_p50):.2f}x)",
+                met=drop_pt(cal) <= 0.5 and cut >= 0.4 and speedup >= 1.5,
+            )
         )
-    eces = [r["ece_after"] for r in result.exits if r["method"] == "calibrated exits"]
+    eces = [r.ece_after for r in exits if r.method == "calibrated exits"]
     if eces:
         targets.append(
-            {
-                "name": "ECE per exit after calibration (test)",
-                "target": "<= 2 %",
-                "reached": ", ".join(f"{100 * e:.2f} %" for e in eces),
-                "met": max(eces) <= 0.02,
-            }
+            Target(
+                name="ECE per exit after calibration (test)",
+                target="<= 2 %",
+                reached=", ".join(f"{100 * e:.2f} %" for e in eces),
+                met=max(eces) <= 0.02,
+            )
         )
-    g = next((p for p in pts if p["method"] == "gates"), None)
+    g = next((p for p in points if p.method == "gates"), None)
     if g is not None:
-        fl = 1 - g["mflops_per_input"] / base["mflops_per_input"]
-        tm = 1 - g["latency_mean_ms"] / base["latency_mean_ms"]
+        fl = 1 - g.mflops_per_input / base.mflops_per_input
+        tm = 1 - _timed(g.latency_mean_ms) / _timed(base.latency_mean_ms)
         targets.append(
-            {
-                "name": "gates",
-                "target": "FLOPs -30 %, batch-1 time -20 % (mean), drop <= 0.5 pt",
-                "reached": f"FLOPs {-100 * fl:+.1f} %, time {-100 * tm:+.1f} %, "
+            Target(
+                name="gates",
+                target="FLOPs -30 %, batch-1 time -20 % (mean), drop <= 0.5 pt",
+                reached=f"FLOPs {-100 * fl:+.1f} %, time {-100 * tm:+.1f} %, "
                 f"drop {drop_pt(g):.2f} pt",
-                "met": fl >= 0.3 and tm >= 0.2 and drop_pt(g) <= 0.5,
-            }
+                met=fl >= 0.3 and tm >= 0.2 and drop_pt(g) <= 0.5,
+            )
         )
-    pa = _at(pts, "gates + path-aware exits", setting)
-    aw = _at(pts, "gates + exits", setting)
+    pa, aw = at("gates + path-aware exits"), at("gates + exits")
     comparison = None
     if pa is not None and aw is not None:
-        comparison = {
-            "setting": setting,
-            "always_wasted_mflops": aw.get("wasted_mflops_per_input"),
-            "path_aware_wasted_mflops": pa.get("wasted_mflops_per_input"),
-            "always_accuracy": aw["accuracy"],
-            "path_aware_accuracy": pa["accuracy"],
-            "always_mflops": aw["mflops_per_input"],
-            "path_aware_mflops": pa["mflops_per_input"],
-        }
-    return {"targets": targets, "path_aware_vs_always": comparison}
+        comparison = PathAwareComparison(
+            setting=setting,
+            always_wasted_mflops=aw.wasted_mflops_per_input,
+            path_aware_wasted_mflops=pa.wasted_mflops_per_input,
+            always_accuracy=aw.accuracy,
+            path_aware_accuracy=pa.accuracy,
+            always_mflops=aw.mflops_per_input,
+            path_aware_mflops=pa.mflops_per_input,
+        )
+    return DynamicSummary(tuple(targets), comparison)

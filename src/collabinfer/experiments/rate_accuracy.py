@@ -13,24 +13,56 @@ is reported separately):
   prior (:mod:`collabinfer.codec.entropy`).
 
 Bottlenecks are trained on the training split and checked on validation;
-the test images are only encoded and classified.
+the test images are only encoded and classified. The result and its file
+are typed in :mod:`~collabinfer.experiments.rate_accuracy_schema` (re-exported
+here), so the report reads them without this module's training code::
+
+    result = run_rate_accuracy(RateAccuracyConfig.make(quick=True), teacher,
+                               train, val, test, cache, progress)
+    result.save(Path("results/rate-accuracy"))  # rate_accuracy.json
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from collabinfer.codec import Codec, get_codec
 from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.experiments.rate_accuracy_schema import (
+    BottleneckRun,
+    EncoderCost,
+    Point,
+    RateAccuracyConditions,
+    RateAccuracyResult,
+    best_under,
+    summary,
+)
+from collabinfer.experiments.records import to_json
 from collabinfer.model.blocks import BlockNet
+from collabinfer.model.bottleneck import deploy
+from collabinfer.plan.profile import one_thread, profile_model
+from collabinfer.progress import ProgressFn, report
+from collabinfer.train.bottleneck import BottleneckConfig, train_or_load_bottleneck
 
-ProgressFn = Callable[[str, int, int], None]
+__all__ = [
+    "FEATURE_CODECS",
+    "INPUT_CODECS",
+    "Point",
+    "RateAccuracyConfig",
+    "RateAccuracyResult",
+    "accuracy",
+    "best_under",
+    "codec_point",
+    "feature_points",
+    "input_points",
+    "run_rate_accuracy",
+    "summary",
+]
 
 QUALITIES = (10, 25, 50, 75, 90, 95)
 INPUT_CODECS = (
@@ -40,30 +72,6 @@ INPUT_CODECS = (
     *(f"{fmt}-q{q}" for fmt in ("jpeg", "webp") for q in QUALITIES),
 )
 FEATURE_CODECS = ("fp32", "fp16", "int8")
-
-
-@dataclass(frozen=True)
-class Point:
-    method: str  # "input", "features", "bottleneck-hd", "bottleneck-sc"
-    cut: int
-    setting: str  # codec name, or e.g. "beta=0.1"
-    bytes_per_input: float  # payload bytes, mean over inputs
-    accuracy: float
-    header_bytes_per_input: float = 0.0
-
-
-@dataclass(frozen=True)
-class RateAccuracyResult:
-    points: tuple[Point, ...]
-    reference_accuracy: float
-    conditions: dict[str, Any] = field(default_factory=dict)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "points": [dataclasses.asdict(p) for p in self.points],
-            "reference_accuracy": self.reference_accuracy,
-            "conditions": self.conditions,
-        }
 
 
 @torch.inference_mode()
@@ -102,8 +110,7 @@ def input_points(
     out = []
     for i, name in enumerate(codecs):
         out.append(codec_point("input", 0, name, get_codec(name), lambda x: x, model, data))
-        if progress:
-            progress("input codecs", i + 1, len(codecs))
+        report(progress, "input codecs", i + 1, len(codecs))
     return out
 
 
@@ -121,8 +128,7 @@ def feature_points(
         for b, name in enumerate(codecs):
             head, tail = _split(model, k)
             out.append(codec_point("features", k, name, get_codec(name), head, tail, data))
-            if progress:
-                progress("feature cuts", a * len(codecs) + b + 1, total)
+            report(progress, "feature cuts", a * len(codecs) + b + 1, total)
     return out
 
 
@@ -148,30 +154,6 @@ def accuracy(model: BlockNet, data: Dataset, batch_size: int = 500) -> float:
             ).sum()
         )
     return correct / len(data)
-
-
-def best_under(points: Sequence[Point], min_accuracy: float, method_prefix: str) -> Point | None:
-    """The cheapest point of a family that keeps at least ``min_accuracy``."""
-    ok = [p for p in points if p.method.startswith(method_prefix) and p.accuracy >= min_accuracy]
-    return min(ok, key=lambda p: p.bytes_per_input) if ok else None
-
-
-def summary(result: RateAccuracyResult, tolerance: float = 0.005) -> dict[str, Any]:
-    """The issue's target: a bottleneck within ``tolerance`` of the reference at
-    <= 10 % of the bytes of the best input codec that also stays within it."""
-    floor = result.reference_accuracy - tolerance
-    inp = best_under(result.points, floor, "input")
-    bn = best_under(result.points, floor, "bottleneck")
-    ratio = bn.bytes_per_input / inp.bytes_per_input if (inp and bn) else float("nan")
-    return {
-        "accuracy_floor": floor,
-        "best_input": dataclasses.asdict(inp) if inp else None,
-        "best_bottleneck": dataclasses.asdict(bn) if bn else None,
-        "bytes_ratio": ratio,
-        "median_bytes": float(np.median([p.bytes_per_input for p in result.points]))
-        if result.points
-        else 0.0,
-    }
 
 
 @dataclass(frozen=True)
@@ -212,14 +194,14 @@ def run_rate_accuracy(
     train: Dataset,
     val: Dataset,
     test: Dataset,
-    cache: Any = None,
+    cache: Path | None = None,
     progress: ProgressFn | None = None,
-    train_progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> RateAccuracyResult:
-    """Every family on the same test inputs; bottlenecks trained (or reused) first."""
-    from collabinfer.model.bottleneck import deploy
-    from collabinfer.train.bottleneck import BottleneckConfig, train_or_load_bottleneck
+    """Every family on the same test inputs; bottlenecks trained (or reused) first.
 
+    ``progress`` hears the bottleneck training (the recipe's phases) and then
+    each measured family ("input codecs", "feature cuts", "bottlenecks").
+    """
     data = test.subset(cfg.num_inputs, cfg.subset_seed)
     base = BottleneckConfig(
         target_cut=cfg.target_cut,
@@ -230,7 +212,7 @@ def run_rate_accuracy(
         rate_epochs=0,
         tail_epochs=0,
     )
-    hd = train_or_load_bottleneck(base, teacher, train, val, cache, train_progress)
+    hd = train_or_load_bottleneck(base, teacher, train, val, cache, progress)
     trained = [("bottleneck-hd", 0.0, hd)]
     for beta in cfg.betas:
         sc_cfg = dataclasses.replace(
@@ -240,55 +222,51 @@ def run_rate_accuracy(
             (
                 "bottleneck-sc",
                 beta,
-                train_or_load_bottleneck(
-                    sc_cfg, teacher, train, val, cache, train_progress, init=hd
-                ),
+                train_or_load_bottleneck(sc_cfg, teacher, train, val, cache, progress, init=hd),
             )
         )
     points: list[Point] = []
     points += input_points(teacher, data, progress=progress)
     points += feature_points(teacher, data, progress=progress)
-    bn_meta = []
+    bn_meta: list[BottleneckRun] = []
     for i, (method, beta, tb) in enumerate(trained):
         dep = deploy(tb.net, tb.bottleneck, tb.key[:8])
         head, tail = _split(tb.net, 1)
         p = codec_point(method, cfg.target_cut, f"beta={beta:g}", dep.codec, head, tail, data)
         points.append(p)
+        val_acc = tb.metrics.get("val_acc")
         bn_meta.append(
-            {
-                "method": method,
-                "beta": beta,
-                "val_acc": tb.metrics.get("val_acc"),
-                "checkpoint": str(tb.path),
-                "codec": dep.codec_name,
-            }
+            BottleneckRun(
+                method,
+                beta,
+                None if val_acc is None else float(val_acc),
+                str(tb.path),
+                dep.codec_name,
+            )
         )
-        if progress:
-            progress("bottlenecks", i + 1, len(trained))
-    conditions = {
-        "config": dataclasses.asdict(cfg),
-        "num_inputs": len(data),
-        "rate": "payload bytes per input, mean; headers in header_bytes_per_input",
-        "bottlenecks": bn_meta,
-        "encoder": _encoder_cost(trained[-1][2].net),
-    }
+        report(progress, "bottlenecks", i + 1, len(trained))
+    conditions = RateAccuracyConditions(
+        num_inputs=len(data),
+        config=to_json(dataclasses.asdict(cfg)),  # as the file has it: lists, not tuples
+        rate="payload bytes per input, mean; headers in header_bytes_per_input",
+        bottlenecks=tuple(bn_meta),
+        encoder=_encoder_cost(trained[-1][2].net),
+    )
     return RateAccuracyResult(tuple(points), accuracy(teacher, data), conditions)
 
 
-def _encoder_cost(net: BlockNet) -> dict[str, float]:
+def _encoder_cost(net: BlockNet) -> EncoderCost:
     """Device-side encoder and server-side decoder: params, FLOPs, batch-1 ms (this CPU)."""
-    from collabinfer.plan.profile import one_thread, profile_model
-
     with one_thread():
         prof = profile_model(
             net, "bottleneck", repeats=30, input_codecs=("u8",), feature_codecs=("fp32",)
         )
     enc, dec = prof.blocks[0], prof.blocks[1]
-    return {
-        "encoder_params": enc.params,
-        "encoder_mflops": enc.flops / 1e6,
-        "encoder_ms": enc.time_ms,
-        "decoder_params": dec.params,
-        "decoder_mflops": dec.flops / 1e6,
-        "decoder_ms": dec.time_ms,
-    }
+    return EncoderCost(
+        encoder_params=enc.params,
+        encoder_mflops=enc.flops / 1e6,
+        encoder_ms=enc.time_ms,
+        decoder_params=dec.params,
+        decoder_mflops=dec.flops / 1e6,
+        decoder_ms=dec.time_ms,
+    )

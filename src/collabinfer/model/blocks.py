@@ -114,6 +114,16 @@ class BlockNet(nn.Module):
             x = block(x)
         return x
 
+    def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tensor at every cut in one pass: ``activations(x)[k]`` is ``run_until(x, k)``
+        (index 0 is ``x`` itself, index ``num_blocks`` the output). What exit heads,
+        profiles, byte counts and attacks read; gradients flow unless the caller
+        runs it under ``torch.no_grad()``."""
+        acts = [x]
+        for block in self.blocks:
+            acts.append(block(acts[-1]))
+        return acts
+
     def cut_points(self, input_shape: tuple[int, ...] | None = None) -> list[CutPoint]:
         """Shapes at every cut, found by one batch-1 forward pass in eval mode."""
         shape = input_shape or self.input_shape

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from collabinfer.codec import Codec, get_codec, list_codecs, register_codec
+from collabinfer.codec.entropy import EntropyCodec, FactorizedTables
 from collabinfer.errors import ModelError
 from collabinfer.model.blocks import BlockNet
-
-if TYPE_CHECKING:
-    from collabinfer.codec import Codec
 
 
 class Encoder(nn.Module):
@@ -183,9 +181,6 @@ def deploy(
     sides of a link derive the same tables from the same weights). Calling it
     twice with the same tag and weights returns the registered codec.
     """
-    from collabinfer.codec import get_codec, list_codecs, register_codec
-    from collabinfer.codec.entropy import EntropyCodec, FactorizedTables
-
     offsets, probs = bottleneck.prior.probabilities()
     tables = FactorizedTables.from_probabilities(probs, offsets, precision)
     codec = EntropyCodec(tables, suffix=f"-{tag}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from collabinfer.errors import ConfigError
 from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES
 
-__all__ = ["TIER_INDEX", "ServerConfig"]
+__all__ = ["TIER_INDEX", "ServerConfig", "parse_blocks"]
 
 TIER_INDEX = {"device": 0, "edge": 1, "cloud": 2}
 """Plan index of the conventional tier names; other names take the header's index."""
@@ -52,3 +52,24 @@ class ServerConfig:
             raise ConfigError("batch_window_ms must be >= 0 and next_timeout_s > 0")
         if not self.speed_factor >= 1.0:
             raise ConfigError(f"speed_factor must be >= 1 (a slower tier), got {self.speed_factor}")
+
+
+def parse_blocks(spec: str | None) -> tuple[int, int | None]:
+    """``"A:B"`` like a Python slice with non-negative ends: ``"3:"``, ``":5"``, ``"2:7"``.
+
+    Returns ``(start, stop)``, ``stop=None`` meaning "to the last block"; the
+    model's block count is checked when the server is built.
+    """
+    if spec is None or spec.strip() in ("", ":"):
+        return 0, None
+    parts = spec.split(":")
+    if len(parts) != 2:
+        raise ConfigError(f"--blocks {spec!r} must look like A:B, A: or :B")
+    try:
+        start = int(parts[0]) if parts[0].strip() else 0
+        stop = int(parts[1]) if parts[1].strip() else None
+    except ValueError:
+        raise ConfigError(f"--blocks {spec!r}: A and B must be integers") from None
+    if start < 0 or (stop is not None and stop <= start):
+        raise ConfigError(f"--blocks {spec!r} is not a non-empty range of block indices")
+    return start, stop

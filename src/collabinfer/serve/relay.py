@@ -59,7 +59,7 @@ import numpy as np
 
 from collabinfer.errors import ConfigError, LinkError
 from collabinfer.runtime.link import BandwidthTrace
-from collabinfer.topology.links import HEADER_BYTES, LinkProfile
+from collabinfer.topology.links import HEADER_BYTES, LinkProfile, get_profile
 
 __all__ = [
     "DelaySampler",
@@ -67,6 +67,7 @@ __all__ = [
     "RelayThread",
     "ShapingRelay",
     "parse_address",
+    "resolve_profile",
 ]
 
 READ_BYTES = 65_536  # one read from a socket; a chunk for the delay model
@@ -451,3 +452,31 @@ class RelayThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def resolve_profile(
+    link: str | None,
+    bandwidth_mbps: float | None,
+    rtt_ms: float | None,
+    jitter_ms: float | None,
+) -> LinkProfile:
+    """A named profile with any explicit value overriding it, or a custom one.
+
+    Without ``link`` both ``bandwidth_mbps`` and ``rtt_ms`` are required: a
+    silent default would make a run look shaped when it is not.
+    """
+    if link is not None:
+        base = get_profile(link)
+    elif bandwidth_mbps is None or rtt_ms is None:
+        raise ConfigError("give --link NAME, or both --bandwidth-mbps and --rtt-ms")
+    else:
+        base = LinkProfile("custom", bandwidth_mbps, rtt_ms)
+    return LinkProfile(
+        base.name,
+        bandwidth_mbps if bandwidth_mbps is not None else base.bandwidth_mbps,
+        rtt_ms if rtt_ms is not None else base.rtt_ms,
+        jitter_ms if jitter_ms is not None else base.jitter_ms,
+        base.loss,
+        base.mtu_bytes,
+        base.note,
+    )

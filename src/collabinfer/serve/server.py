@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -45,6 +46,7 @@ __all__ = [
     "TIER_INDEX",
     "ServerConfig",
     "create_app",
+    "free_port",
     "load_served_model",
     "serve_in_thread",
     "serve_main",
@@ -132,7 +134,7 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     if name not in DEFAULT_CONFIGS:
         raise ConfigError(f"model {name!r} has no training recipe; pass --untrained")
     try:
-        model, _ = load_trained(DEFAULT_CONFIGS[name])
+        model = load_trained(DEFAULT_CONFIGS[name])
     except (CheckpointError, DataError) as e:
         raise CollabInferError(f"no trained checkpoint for {name!r} ({e}): {hint}") from None
     return model
@@ -175,6 +177,13 @@ def serve_main(
 
     app = create_app(config, load_served_model(model_name, untrained, seed), model_name)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the usual small race applies: bind soon)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 @contextmanager

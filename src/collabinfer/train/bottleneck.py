@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,20 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.data.fashion_mnist import Dataset, load_split
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.bottleneck import Bottleneck, bottleneck_net
-from collabinfer.model.checkpoint import (
-    Checkpoint,
-    config_key,
-    default_cache_dir,
-    load_checkpoint,
-    save_checkpoint,
-    weights_hash,
-)
-
-ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
+from collabinfer.progress import ProgressFn
+from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.loop import Phase, batches, fit, require_tuning_split, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -78,13 +71,6 @@ class TrainedBottleneck:
     key: str = ""
 
 
-def _batches(data: Dataset, batch_size: int, g: torch.Generator):
-    perm = torch.randperm(len(data), generator=g)
-    for i in range(0, len(data), batch_size):
-        idx = perm[i : i + batch_size]
-        yield data.images[idx], data.labels[idx]
-
-
 def _fit_prior(
     bn: Bottleneck, data: Dataset, steps: int, batch_size: int, g: torch.Generator
 ) -> None:
@@ -93,7 +79,7 @@ def _fit_prior(
     bn.eval()
     step = 0
     while step < steps:
-        for x, _ in _batches(data, batch_size, g):
+        for x, _ in batches(data, batch_size, g):
             with torch.no_grad():
                 y = torch.round(bn.encoder(x))
             loss = bn.prior.bits(y).mean()
@@ -113,7 +99,12 @@ def train_bottleneck(
     progress: ProgressFn | None = None,
     init: Bottleneck | None = None,
 ) -> tuple[BlockNet, Bottleneck, dict[str, float]]:
-    """Train a bottleneck for ``teacher`` at ``config.target_cut`` (see module docstring)."""
+    """Train a bottleneck for ``teacher`` at ``config.target_cut`` (see module docstring).
+
+    Progress: one bar per phase, ``"train bottleneck (distill)"``, ``(rate)``, ``(tail)``.
+    """
+    require_tuning_split(train, "bottleneck training")
+    require_tuning_split(val, "bottleneck validation")
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     if config.train_subset:
@@ -134,77 +125,67 @@ def train_bottleneck(
     pixels = float(torch.tensor(teacher.input_shape).prod())
     stats: dict[str, float] = {}
     t0 = time.perf_counter()
-    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * (
-        (config.distill_epochs if init is None else 0) + config.rate_epochs + config.tail_epochs
-    )
-    step = 0
+    steps = steps_per_epoch(train, config.batch_size)
 
-    def tick(phase: str, loss: float) -> None:
-        nonlocal step
-        step += 1
-        if progress is not None:
-            progress(phase, step, total, {"loss": loss})
+    def distill_loss(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher.run_until(x, cut)
+        feats, _bits = bn(x)
+        return F.mse_loss(feats, target)
+
+    def compress_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        feats, bits = bn(x)
+        logits = tail.run_from(feats, cut)
+        temp = config.kd_temperature
+        kd = (
+            F.kl_div(
+                F.log_softmax(logits / temp, 1),
+                F.softmax(t_logits / temp, 1),
+                reduction="batchmean",
+            )
+            * temp
+            * temp
+        )
+        ce = F.cross_entropy(logits, labels)
+        return kd + config.ce_weight * ce + config.beta * bits.mean() / pixels
+
+    def compress_modes() -> None:
+        bn.train()
+        tail.eval()  # BatchNorm statistics stay the teacher's
 
     # 1. head distillation
     if init is None and config.distill_epochs:
         opt = torch.optim.Adam(
             list(bn.encoder.parameters()) + list(bn.decoder.parameters()), lr=config.lr
         )
-        for _ in range(config.distill_epochs):
-            bn.train()
-            for x, _ in _batches(train, config.batch_size, g):
-                with torch.no_grad():
-                    target = teacher.run_until(x, cut)
-                feats, _ = bn(x)
-                loss = F.mse_loss(feats, target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tick("distill", float(loss.detach()))
+        phase = Phase(
+            "train bottleneck (distill)", config.distill_epochs, distill_loss, opt, modes=bn.train
+        )
+        fit(phase, train, config.batch_size, g, progress=progress)
         _fit_prior(bn, train, 200, config.batch_size, g)
     # 2. supervised compression: KD + beta * bits, tail frozen, then tail fine-tune
-    temp = config.kd_temperature
-    for phase, epochs in (("rate", config.rate_epochs), ("tail", config.tail_epochs)):
+    for name, epochs in (("rate", config.rate_epochs), ("tail", config.tail_epochs)):
         if not epochs:
             continue
         params = list(bn.parameters())
-        if phase == "tail":
+        if name == "tail":
             tail_params = [p for b in tail.blocks[cut:] for p in b.parameters()]
             for p in tail_params:
                 p.requires_grad_(True)
             params += tail_params
-        opt = torch.optim.Adam(params, lr=config.lr if phase == "rate" else config.lr / 4)
+        opt = torch.optim.Adam(params, lr=config.lr if name == "rate" else config.lr / 4)
         # cosine decay within each phase: the last steps refine instead of bouncing
         sched: torch.optim.lr_scheduler.LRScheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
             if config.schedule == "cosine"
             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         )
-        for _ in range(epochs):
-            bn.train()
-            tail.eval()  # BatchNorm statistics stay the teacher's
-            for x, labels in _batches(train, config.batch_size, g):
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                feats, bits = bn(x)
-                logits = tail.run_from(feats, cut)
-                kd = (
-                    F.kl_div(
-                        F.log_softmax(logits / temp, 1),
-                        F.softmax(t_logits / temp, 1),
-                        reduction="batchmean",
-                    )
-                    * temp
-                    * temp
-                )
-                ce = F.cross_entropy(logits, labels)
-                loss = kd + config.ce_weight * ce + config.beta * bits.mean() / pixels
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tick(phase, float(loss.detach()))
+        phase = Phase(
+            f"train bottleneck ({name})", epochs, compress_loss, opt, sched, modes=compress_modes
+        )
+        fit(phase, train, config.batch_size, g, progress=progress)
     for p in tail.parameters():
         p.requires_grad_(False)
     bn.eval()
@@ -229,6 +210,21 @@ def evaluate_bottleneck(
     return {"val_acc": correct / len(data), "val_est_bytes": bits / 8 / len(data)}
 
 
+def bottleneck_slot(
+    config: BottleneckConfig,
+    teacher: BlockNet,
+    train: Dataset,
+    cache: Path | None = None,
+    init: TrainedBottleneck | None = None,
+) -> Slot:
+    """Keyed by config + teacher weights + data (+ the checkpoint it started from)."""
+    key_source = dataclasses.asdict(config) | {
+        "teacher": weights_hash(teacher),
+        "init": init.key if init else "",
+    }
+    return slot_for("bottleneck", key_source, train.digest, cache)
+
+
 def train_or_load_bottleneck(
     config: BottleneckConfig,
     teacher: BlockNet,
@@ -237,37 +233,37 @@ def train_or_load_bottleneck(
     cache: Path | None = None,
     progress: ProgressFn | None = None,
     init: TrainedBottleneck | None = None,
+    may_train: bool = True,
 ) -> TrainedBottleneck:
     """Cached by config + teacher weights + data (+ the init it started from)."""
-    path = _cached_path(config, teacher, train, cache, init)
-    key = path.stem.removeprefix("bottleneck-")
     shape = teacher.cut_points()[config.target_cut].shape
-    if path.exists():
-        ck = load_checkpoint(path, model_name="bottleneck", key=key)
+
+    def load(ck: Checkpoint, path: Path) -> tuple[BlockNet, Bottleneck]:
         bn = Bottleneck(config.channels, shape[0], shape[1], config.hidden)
+        load_weights(bn, ck, path, prefix="bn.")
         tail = copy.deepcopy(teacher)
-        bn.load_state_dict({k[3:]: v for k, v in ck.state_dict.items() if k.startswith("bn.")})
-        tail.load_state_dict({k[5:]: v for k, v in ck.state_dict.items() if k.startswith("tail.")})
-        bn.eval()
-        net = bottleneck_net(bn, tail.eval(), config.target_cut).eval()
-        return TrainedBottleneck(net, bn, config, ck.metrics, path, True, key)
-    net, bn, stats = train_bottleneck(
-        config, teacher, train, val, progress, init.bottleneck if init else None
-    )
-    tail_state = {
-        f"tail.{k}": v
-        for k, v in BlockNet(
-            list(
-                zip(teacher.block_names, _tail_blocks(net, teacher, config.target_cut), strict=True)
-            ),
-            teacher.input_shape,
+        load_weights(tail, ck, path, prefix="tail.")
+        return bottleneck_net(bn.eval(), tail.eval(), config.target_cut).eval(), bn
+
+    def train_now() -> Trained[tuple[BlockNet, Bottleneck]]:
+        net, bn, stats = train_bottleneck(
+            config, teacher, train, val, progress, init.bottleneck if init else None
         )
-        .state_dict()
-        .items()
-    }
-    state = {f"bn.{k}": v.clone() for k, v in bn.state_dict().items()} | tail_state
-    save_checkpoint(path, Checkpoint("bottleneck", key, dataclasses.asdict(config), stats, state))
-    return TrainedBottleneck(net, bn, config, stats, path, False, key)
+        blocks = _tail_blocks(net, teacher, config.target_cut)
+        tail = BlockNet(list(zip(teacher.block_names, blocks, strict=True)), teacher.input_shape)
+        return Trained((net, bn), detached(bn, "bn.") | detached(tail, "tail."), stats)
+
+    slot = bottleneck_slot(config, teacher, train, cache, init)
+    got = cached(
+        slot,
+        config=dataclasses.asdict(config),
+        tuning={"bottleneck training": train, "bottleneck validation": val},
+        load=load,
+        train=train_now,
+        may_train=may_train,
+    )
+    net, bn = got.value
+    return TrainedBottleneck(net, bn, config, got.metrics, got.path, got.reused, got.key)
 
 
 def _tail_blocks(net: BlockNet, teacher: BlockNet, cut: int) -> list[nn.Module]:
@@ -297,32 +293,9 @@ def default_bottleneck(
     ``train=False`` only loads (a server must not start training): a missing
     checkpoint is a :class:`~collabinfer.errors.CheckpointError` saying how to make it.
     """
-    from collabinfer.data.fashion_mnist import load_split
-    from collabinfer.errors import CheckpointError
-
     tr, va = load_split("train", data_root), load_split("val", data_root)
     hd_cfg = dataclasses.replace(config, beta=0.0, rate_epochs=0, tail_epochs=0)
-    missing = CheckpointError(
-        "no trained bottleneck in the cache: run `collabinfer demo` once to train it"
+    hd = train_or_load_bottleneck(hd_cfg, teacher, tr, va, cache, progress, may_train=train)
+    return train_or_load_bottleneck(
+        config, teacher, tr, va, cache, progress, init=hd, may_train=train
     )
-    if not train and not _cached_path(hd_cfg, teacher, tr, cache, None).exists():
-        raise missing
-    hd = train_or_load_bottleneck(hd_cfg, teacher, tr, va, cache, progress)
-    if not train and not _cached_path(config, teacher, tr, cache, hd).exists():
-        raise missing
-    return train_or_load_bottleneck(config, teacher, tr, va, cache, progress, init=hd)
-
-
-def _cached_path(
-    config: BottleneckConfig,
-    teacher: BlockNet,
-    train: Dataset,
-    cache: Path | None,
-    init: TrainedBottleneck | None,
-) -> Path:
-    key_src = dataclasses.asdict(config) | {
-        "teacher": weights_hash(teacher),
-        "init": init.key if init else "",
-    }
-    key = config_key(key_src, train.digest)
-    return (cache or default_cache_dir()) / "checkpoints" / f"bottleneck-{key}.pt"

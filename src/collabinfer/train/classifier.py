@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,15 +25,11 @@ from torch import nn
 from collabinfer.data.fashion_mnist import Dataset, load_split
 from collabinfer.errors import CheckpointError, ConfigError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.checkpoint import (
-    Checkpoint,
-    config_key,
-    default_cache_dir,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
+from collabinfer.model.checkpoint import Checkpoint, load_weights
 from collabinfer.model.zoo import create_model, model_spec
+from collabinfer.progress import ProgressFn
+from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.loop import Phase, fit, require_tuning_split, steps_per_epoch
 
 RECIPE_VERSION = 1  # bump when the recipe changes in a way the config does not capture
 
@@ -73,6 +68,11 @@ DEFAULT_CONFIGS: dict[str, TrainConfig] = {
 }
 
 
+def config_for(model: str) -> TrainConfig:
+    """The training config a zoo model is trained with (its default, else the recipe's)."""
+    return DEFAULT_CONFIGS.get(model) or TrainConfig(model=model)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     path: Path
@@ -92,22 +92,15 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 500) -> float:
     return correct / max(1, len(data))
 
 
-ProgressFn = Callable[[str, int, int, dict[str, float]], None]
-
-
-def random_hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2 (one draw per image from ``g``)."""
-    flip = torch.rand(x.shape[0], generator=g) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
 def train_classifier(
     config: TrainConfig,
     train: Dataset,
     val: Dataset,
     progress: ProgressFn | None = None,
 ) -> tuple[BlockNet, dict[str, float]]:
-    """Train from scratch; ``progress(phase, step, total, stats)`` is called per batch."""
+    """Train from scratch; one progress bar ``"train <model>"``, a ``val_acc`` per epoch."""
+    require_tuning_split(train, "classifier training")
+    require_tuning_split(val, "classifier validation")
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -119,62 +112,36 @@ def train_classifier(
         weight_decay=config.weight_decay,
         nesterov=True,
     )
-    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch(train, config.batch_size) * config.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    g = torch.Generator().manual_seed(config.seed)
-    step = 0
-    stats: dict[str, float] = {}
     t0 = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        perm = torch.randperm(len(train), generator=g)
-        running = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = train.images[idx], train.labels[idx]
-            if config.hflip:
-                x = random_hflip(x, g)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            running = 0.98 * running + 0.02 * loss.item() if b else loss.item()
-            if progress is not None:
-                progress("train", step, total, {"epoch": epoch + 1, "loss": running})
-        stats[f"val_acc_epoch{epoch + 1}"] = evaluate(model, val)
-        if progress is not None:
-            progress(
-                "epoch", epoch + 1, config.epochs, {"val_acc": stats[f"val_acc_epoch{epoch + 1}"]}
-            )
-    stats["val_acc"] = stats[f"val_acc_epoch{config.epochs}"]
+    history = fit(
+        Phase(
+            f"train {config.model}",
+            config.epochs,
+            loss=lambda x, y: loss_fn(model(x), y),
+            optimizer=opt,
+            scheduler=sched,
+            modes=model.train,
+            after_epoch=lambda _: {"val_acc": evaluate(model, val)},
+        ),
+        train,
+        config.batch_size,
+        torch.Generator().manual_seed(config.seed),
+        hflip=config.hflip,
+        progress=progress,
+    )
+    stats = {f"val_acc_epoch{e}": h["val_acc"] for e, h in enumerate(history, start=1)}
+    stats["val_acc"] = history[-1]["val_acc"]
     stats["train_seconds"] = time.perf_counter() - t0
     model.eval()
     return model, stats
 
 
-def checkpoint_path(
-    config: TrainConfig, data_digest: str, cache: Path | None = None
-) -> tuple[Path, str]:
-    key = config_key(config.as_dict(), data_digest)
-    root = cache or default_cache_dir()
-    return root / "checkpoints" / f"{config.model}-{key}.pt", key
-
-
-def load_trained(
-    config: TrainConfig, cache: Path | None = None, data_root: str | Path | None = None
-) -> tuple[BlockNet, Checkpoint]:
-    """The cached trained model for ``config``; :class:`CheckpointError` if absent or bad."""
-    train = load_split("train", data_root)
-    path, key = checkpoint_path(config, train.digest, cache)
-    ckpt = load_checkpoint(path, model_name=config.model, key=key)
-    model = create_model(config.model)
-    load_weights(model, ckpt, path)
-    model.eval()
-    return model, ckpt
+def checkpoint_slot(config: TrainConfig, data_digest: str, cache: Path | None = None) -> Slot:
+    """``<cache>/checkpoints/<model>-<key>.pt``, the key over the config and the data."""
+    return slot_for(config.model, config.as_dict(), data_digest, cache)
 
 
 def train_or_load(
@@ -183,27 +150,45 @@ def train_or_load(
     data_root: str | Path | None = None,
     progress: ProgressFn | None = None,
     force: bool = False,
+    may_train: bool = True,
 ) -> tuple[BlockNet, TrainResult]:
     """Reuse the checkpoint for this config + data if it exists and verifies, else train.
 
     A checkpoint file that exists but is corrupt is *not* silently replaced:
     the :class:`CheckpointError` propagates, so the user sees the problem.
+    ``may_train=False`` only loads (what a server does).
     """
     train = load_split("train", data_root)
-    path, key = checkpoint_path(config, train.digest, cache)
-    if path.exists() and not force:
-        ckpt = load_checkpoint(path, model_name=config.model, key=key)
+
+    def load(ck: Checkpoint, path: Path) -> BlockNet:
         model = create_model(config.model)
-        load_weights(model, ckpt, path)
-        model.eval()
-        return model, TrainResult(path, key, True, ckpt.metrics)
-    val = load_split("val", data_root)
-    model, stats = train_classifier(config, train, val, progress)
-    test = load_split("test", data_root)
-    stats["test_acc"] = evaluate(model, test)  # reported only; nothing is tuned on it
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    save_checkpoint(path, Checkpoint(config.model, key, config.as_dict(), stats, state))
-    return model, TrainResult(path, key, False, stats)
+        load_weights(model, ck, path)
+        return model.eval()
+
+    def train_now() -> Trained[BlockNet]:
+        model, stats = train_classifier(config, train, load_split("val", data_root), progress)
+        # reported only; nothing is tuned on it
+        stats["test_acc"] = evaluate(model, load_split("test", data_root))
+        return Trained(model, detached(model), stats)
+
+    slot = checkpoint_slot(config, train.digest, cache)
+    got = cached(
+        slot,
+        config=config.as_dict(),
+        tuning={"classifier training": train},
+        load=load,
+        train=train_now,
+        may_train=may_train,
+        force=force,
+    )
+    return got.value, TrainResult(got.path, got.key, got.reused, got.metrics)
+
+
+def load_trained(
+    config: TrainConfig, cache: Path | None = None, data_root: str | Path | None = None
+) -> BlockNet:
+    """The cached trained model for ``config``; :class:`CheckpointError` if absent or bad."""
+    return train_or_load(config, cache, data_root, may_train=False)[0]
 
 
 __all__ = [
@@ -211,6 +196,7 @@ __all__ = [
     "CheckpointError",
     "TrainConfig",
     "TrainResult",
+    "config_for",
     "evaluate",
     "load_trained",
     "train_classifier",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,24 +37,13 @@ from collabinfer.model.calibration import (
     fit_temperature,
     reliability_table,
 )
-from collabinfer.model.checkpoint import (
-    Checkpoint,
-    derived_path,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
+from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
 from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import is_gated
-from collabinfer.train.classifier import random_hflip
-
-ProgressFn = Callable[[str, int, int, dict[str, float]], None]
-
-
-def require_tuning_split(data: Dataset, what: str) -> None:
-    """Training, calibration and threshold choice must never see the test split."""
-    if data.split == "test":
-        raise ConfigError(f"{what} must not use the test split (it is for reported numbers only)")
+from collabinfer.progress import ProgressFn
+from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.exit_rules import record_exits
+from collabinfer.train.loop import LossFn, Phase, fit, require_tuning_split, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -103,15 +91,8 @@ class TrainedExits:
 
 def _features(backbone: BlockNet, x: torch.Tensor, cuts: tuple[int, ...]) -> list[torch.Tensor]:
     """The tensors at every exit cut plus the output (last), in one pass."""
-    feats = []
-    z = x
-    want = set(cuts)
-    for k, block in enumerate(backbone.blocks):
-        z = block(z)
-        if k + 1 in want:
-            feats.append(z)
-    feats.append(z)
-    return feats
+    acts = backbone.activations(x)
+    return [acts[c] for c in cuts] + [acts[-1]]
 
 
 def train_exits(
@@ -121,7 +102,11 @@ def train_exits(
     val: Dataset,
     progress: ProgressFn | None = None,
 ) -> tuple[BlockNet, ExitBranches, dict[str, float]]:
-    """Train heads (and, with ``joint_epochs``, the backbone); temperatures fitted on ``val``."""
+    """Train heads (and, with ``joint_epochs``, the backbone); temperatures fitted on ``val``.
+
+    Progress: one bar per phase, ``"train exits (frozen backbone)"`` then
+    ``"train exits (joint)"``.
+    """
     require_tuning_split(train, "exit training")
     require_tuning_split(val, "exit calibration")
     if config.joint_epochs and is_gated(backbone):
@@ -132,58 +117,56 @@ def train_exits(
         train = train.subset(config.train_subset, config.seed)
     net = copy.deepcopy(backbone).eval() if config.joint_epochs else backbone.eval()
     exits = ExitBranches.for_model(net, config.cuts, width=config.width, depth=config.head_depth)
-    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * (config.epochs + config.joint_epochs)
-    step = 0
+    steps = steps_per_epoch(train, config.batch_size)
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
 
-    def run_phase(phase: str, epochs: int, joint: bool) -> None:
-        nonlocal step
-        if epochs == 0:
-            return
-        if joint:
-            params = list(net.parameters()) + list(exits.parameters())
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config.joint_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+    def loss_fn(joint: bool) -> LossFn:
+        def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.set_grad_enabled(joint):
+                feats = _features(net, x, exits.cuts)
+            total = sum(
+                (F.cross_entropy(exits.logits(e, feats[e]), y) for e in range(len(exits))),
+                torch.zeros(()),
             )
-        else:
-            opt = torch.optim.Adam(exits.parameters(), lr=config.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
-        if joint:  # ``net`` is our own copy then; a frozen backbone is never touched
-            for p in net.parameters():
-                p.requires_grad_(True)
-        for _ in range(epochs):
-            net.train(joint)
-            exits.train()
-            perm = torch.randperm(len(train), generator=g)
-            for b in range(steps_per_epoch):
-                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-                x, y = train.images[idx], train.labels[idx]
-                if config.hflip:
-                    x = random_hflip(x, g)
-                if joint:
-                    feats = _features(net, x, exits.cuts)
-                else:
-                    with torch.no_grad():
-                        feats = _features(net, x, exits.cuts)
-                loss = sum(
-                    (F.cross_entropy(exits.logits(e, feats[e]), y) for e in range(len(exits))),
-                    torch.zeros(()),
-                )
-                if joint:
-                    loss = loss + F.cross_entropy(feats[-1], y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                if progress is not None:
-                    progress(phase, step, total, {"loss": float(loss.detach())})
+            return total + F.cross_entropy(feats[-1], y) if joint else total
 
-    run_phase("exits (frozen backbone)", config.epochs, False)
-    run_phase("exits (joint)", config.joint_epochs, True)
+        return loss
+
+    def modes(joint: bool) -> None:
+        net.train(joint)
+        exits.train()
+
+    # frozen: heads only (Adam); joint: everything, our own copy of the backbone (SGD)
+    if config.epochs:
+        opt: torch.optim.Optimizer = torch.optim.Adam(exits.parameters(), lr=config.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs * steps)
+        phase = Phase(
+            "train exits (frozen backbone)",
+            config.epochs,
+            loss_fn(False),
+            opt,
+            sched,
+            modes=lambda: modes(False),
+        )
+        fit(phase, train, config.batch_size, g, hflip=config.hflip, progress=progress)
     if config.joint_epochs:
+        params = list(net.parameters()) + list(exits.parameters())
+        opt = torch.optim.SGD(
+            params, lr=config.joint_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.joint_epochs * steps)
+        for p in net.parameters():
+            p.requires_grad_(True)
+        phase = Phase(
+            "train exits (joint)",
+            config.joint_epochs,
+            loss_fn(True),
+            opt,
+            sched,
+            modes=lambda: modes(True),
+        )
+        fit(phase, train, config.batch_size, g, hflip=config.hflip, progress=progress)
         for p in net.parameters():
             p.requires_grad_(False)
     net.eval()
@@ -201,8 +184,6 @@ def calibrate_exits(
     backbone: BlockNet, exits: ExitBranches, val: Dataset, bins: int = 15
 ) -> list[ExitCalibration]:
     """Fit one temperature per exit on ``val`` and set it; ECE before and after."""
-    from collabinfer.train.exit_rules import record_exits  # it imports this module
-
     require_tuning_split(val, "exit calibration")
     logits = record_exits(backbone, exits, val).logits
     out, temps = [], []
@@ -228,6 +209,14 @@ def calibrate_exits(
     return out
 
 
+def exits_slot(
+    config: ExitConfig, backbone: BlockNet, train: Dataset, cache: Path | None = None
+) -> Slot:
+    """Keyed by config + backbone weights + training data."""
+    key_source = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
+    return slot_for("exits", key_source, train.digest, cache)
+
+
 def train_or_load_exits(
     config: ExitConfig,
     backbone: BlockNet,
@@ -235,14 +224,11 @@ def train_or_load_exits(
     val: Dataset,
     cache: Path | None = None,
     progress: ProgressFn | None = None,
+    may_train: bool = True,
 ) -> TrainedExits:
     """Cached by config + backbone weights + training data."""
-    # checked before the cache too: a hit must not hide a test split handed in by mistake
-    require_tuning_split(train, "exit training")
-    require_tuning_split(val, "exit validation")
-    path, key = derived_path("exits", dataclasses.asdict(config), backbone, train.digest, cache)
-    if path.exists():
-        ck = load_checkpoint(path, model_name="exits", key=key)
+
+    def load(ck: Checkpoint, path: Path) -> tuple[BlockNet, ExitBranches]:
         exits = ExitBranches.for_model(
             backbone, config.cuts, width=config.width, depth=config.head_depth
         )
@@ -253,10 +239,22 @@ def train_or_load_exits(
             load_weights(net, ck, path, prefix="backbone.")
             for p in net.parameters():
                 p.requires_grad_(False)
-        return TrainedExits(net.eval(), exits.eval(), config, ck.metrics, path, True)
-    net, exits, stats = train_exits(config, backbone, train, val, progress)
-    state = {f"exits.{k}": v.clone() for k, v in exits.state_dict().items()}
-    if config.joint_epochs:
-        state |= {f"backbone.{k}": v.clone() for k, v in net.state_dict().items()}
-    save_checkpoint(path, Checkpoint("exits", key, dataclasses.asdict(config), stats, state))
-    return TrainedExits(net, exits, config, stats, path, False)
+        return net.eval(), exits.eval()
+
+    def train_now() -> Trained[tuple[BlockNet, ExitBranches]]:
+        net, exits, stats = train_exits(config, backbone, train, val, progress)
+        state = detached(exits, "exits.")
+        if config.joint_epochs:
+            state |= detached(net, "backbone.")
+        return Trained((net, exits), state, stats)
+
+    got = cached(
+        exits_slot(config, backbone, train, cache),
+        config=dataclasses.asdict(config),
+        tuning={"exit training": train, "exit validation": val},
+        load=load,
+        train=train_now,
+        may_train=may_train,
+    )
+    net, exits = got.value
+    return TrainedExits(net, exits, config, got.metrics, got.path, got.reused)

@@ -17,28 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from collabinfer.data.fashion_mnist import Dataset
-from collabinfer.errors import CheckpointError, ConfigError
+from collabinfer.data.fashion_mnist import Dataset, load_split
+from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.checkpoint import (
-    Checkpoint,
-    derived_path,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
+from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
 from collabinfer.model.gates import gate_net, gate_rates, gated_blocks
-from collabinfer.train.classifier import random_hflip
-from collabinfer.train.exits import require_tuning_split
-
-ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+from collabinfer.progress import ProgressFn
+from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.loop import Phase, fit, require_tuning_split, steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -121,44 +114,41 @@ def train_gates(
         momentum=0.9,
         nesterov=True,
     )
-    steps_per_epoch = (len(train) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, steps_per_epoch(train, config.batch_size) * config.epochs
+    )
     t_kd = config.kd_temperature
-    stats: dict[str, float] = {}
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Mapping[str, float]]:
+        logits = net(x)
+        rates = gate_rates(net)
+        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+        loss = loss + config.rate_weight * ((rates - config.target_rate) ** 2).sum()
+        if config.kd_weight:
+            with torch.no_grad():
+                soft = torch.softmax(teacher(x) / t_kd, dim=1)
+            kd = F.kl_div(torch.log_softmax(logits / t_kd, dim=1), soft, reduction="batchmean")
+            loss = loss + config.kd_weight * kd * t_kd**2
+        return loss, {"rate": float(rates.detach().mean())}
+
     t0 = time.perf_counter()
-    step = 0
-    for epoch in range(config.epochs):
-        net.train()
-        perm = torch.randperm(len(train), generator=g)
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            x, y = train.images[idx], train.labels[idx]
-            if config.hflip:
-                x = random_hflip(x, g)
-            logits = net(x)
-            rates = gate_rates(net)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            loss = loss + config.rate_weight * ((rates - config.target_rate) ** 2).sum()
-            if config.kd_weight:
-                with torch.no_grad():
-                    soft = torch.softmax(teacher(x) / t_kd, dim=1)
-                kd = F.kl_div(torch.log_softmax(logits / t_kd, dim=1), soft, reduction="batchmean")
-                loss = loss + config.kd_weight * kd * t_kd**2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if progress is not None:
-                progress(
-                    "gates",
-                    step,
-                    total,
-                    {"loss": float(loss.detach()), "rate": float(rates.detach().mean())},
-                )
-        acc, _ = gated_accuracy(net, val)
-        stats[f"val_acc_epoch{epoch + 1}"] = acc
+    history = fit(
+        Phase(
+            "train gates",
+            config.epochs,
+            loss=loss_fn,
+            optimizer=opt,
+            scheduler=sched,
+            modes=net.train,
+            after_epoch=lambda _: {"val_acc": gated_accuracy(net, val)[0]},
+        ),
+        train,
+        config.batch_size,
+        g,
+        hflip=config.hflip,
+        progress=progress,
+    )
+    stats = {f"val_acc_epoch{e}": h["val_acc"] for e, h in enumerate(history, start=1)}
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -171,6 +161,14 @@ def train_gates(
     return net, stats
 
 
+def gates_slot(
+    config: GateConfig, backbone: BlockNet, train: Dataset, cache: Path | None = None
+) -> Slot:
+    """Keyed by config + backbone weights + training data."""
+    key_source = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
+    return slot_for("gates", key_source, train.digest, cache)
+
+
 def train_or_load_gates(
     config: GateConfig,
     backbone: BlockNet,
@@ -178,23 +176,30 @@ def train_or_load_gates(
     val: Dataset,
     cache: Path | None = None,
     progress: ProgressFn | None = None,
+    may_train: bool = True,
 ) -> TrainedGates:
-    """Cached by config + backbone weights + data."""
-    # checked before the cache too: a hit must not hide a test split handed in by mistake
-    require_tuning_split(train, "gate training")
-    require_tuning_split(val, "gate validation")
-    path, key = derived_path("gates", dataclasses.asdict(config), backbone, train.digest, cache)
-    if path.exists():
-        ck = load_checkpoint(path, model_name="gates", key=key)
+    """Cached by config + backbone weights + data; ``may_train=False`` only loads."""
+
+    def load(ck: Checkpoint, path: Path) -> BlockNet:
         net = gate_net(backbone, config.hidden, config.tau)
         load_weights(net, ck, path)
         for p in net.parameters():
             p.requires_grad_(False)
-        return TrainedGates(net.eval(), config, ck.metrics, path, True)
-    net, stats = train_gates(config, backbone, train, val, progress)
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    save_checkpoint(path, Checkpoint("gates", key, dataclasses.asdict(config), stats, state))
-    return TrainedGates(net, config, stats, path, False)
+        return net.eval()
+
+    def train_now() -> Trained[BlockNet]:
+        net, stats = train_gates(config, backbone, train, val, progress)
+        return Trained(net, detached(net), stats)
+
+    got = cached(
+        gates_slot(config, backbone, train, cache),
+        config=dataclasses.asdict(config),
+        tuning={"gate training": train, "gate validation": val},
+        load=load,
+        train=train_now,
+        may_train=may_train,
+    )
+    return TrainedGates(got.value, config, got.metrics, got.path, got.reused)
 
 
 # The gated model Table 1 deploys (model id ``fmnist-resnet+gates``): the default
@@ -213,12 +218,5 @@ def default_gates(
 ) -> TrainedGates:
     """The deployed gated backbone (cached). ``train=False`` only loads (servers must not
     train): a missing checkpoint is a :class:`~collabinfer.errors.CheckpointError`."""
-    from collabinfer.data.fashion_mnist import load_split
-
     tr, va = load_split("train", data_root), load_split("val", data_root)
-    path, _ = derived_path("gates", dataclasses.asdict(config), backbone, tr.digest, cache)
-    if not train and not path.exists():
-        raise CheckpointError(
-            f"no trained gates in the cache ({path}): run `collabinfer demo` once to train them"
-        )
-    return train_or_load_gates(config, backbone, tr, va, cache, progress)
+    return train_or_load_gates(config, backbone, tr, va, cache, progress, may_train=train)

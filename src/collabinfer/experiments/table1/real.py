@@ -29,34 +29,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
 
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import TierError
-from collabinfer.model.blocks import BlockNet
-from collabinfer.plan.planner import Planner
-from collabinfer.plan.profile import Profile
-from collabinfer.runtime.estimator import LinkEstimator
-from collabinfer.runtime.exit_policy import DeviceExits, ExitingPolicy
+from collabinfer.experiments.table1.rows import Deployed, collab_policy, describe_plan_mix
+from collabinfer.experiments.table1.schema import Row, Table1Config
+from collabinfer.progress import ProgressFn, report
 from collabinfer.runtime.link import BandwidthTrace
-from collabinfer.runtime.policy import AdaptivePolicy, Policy
 from collabinfer.runtime.state import StepKind
+from collabinfer.serve.client import DeviceClient, RunSummary
+from collabinfer.serve.server import free_port
 from collabinfer.topology.links import LinkProfile, get_profile
 from collabinfer.topology.tiers import TierSpec
-
-if TYPE_CHECKING:
-    from collabinfer.experiments.table1 import Row, Table1Config
-
-ProgressFn = Callable[[str, int, int], None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -160,21 +148,15 @@ def relay_process(
 
 def run_real_row(
     cfg: Table1Config,
-    full: BlockNet,
-    full_profile: Profile,
+    deployed: Deployed,
     data: Dataset,
     trace: BandwidthTrace | None,
     cache: Path | None,
     progress: ProgressFn | None = None,
     log_dir: Path | None = None,
-    model_name: str | None = None,
-    exits: DeviceExits | None = None,
 ) -> tuple[Row, list[float], dict[str, Any]]:
     """Run ``data`` through device client -> relay -> edge -> relay -> cloud."""
-    from collabinfer.experiments.table1 import Row, describe_plan_mix
-    from collabinfer.serve.client import DeviceClient
-
-    model_name = model_name or cfg.full_model
+    model_name = deployed.name
     access, wan = get_profile(cfg.link), get_profile(cfg.wan)
     tiers = [
         TierSpec("device", cfg.device_factor, "IoT-class camera board (emulated by sleeping)"),
@@ -213,33 +195,23 @@ def run_real_row(
                 workdir,
             )
         )
-        planner = Planner(full_profile, tiers, min_device_blocks=1 if cfg.private_splits else 0)
-        estimators = [
-            LinkEstimator(access, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
-            LinkEstimator(wan, alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
-        ]
+        policy = collab_policy(cfg, deployed.profile, tiers, deployed.exits)
+        task = "collabinfer (real sockets)"
 
-        policy: Policy = AdaptivePolicy(planner, estimators)
-        if exits is not None:
-            policy = ExitingPolicy(policy, exits)
-
-        async def go():
+        async def go() -> RunSummary:
             async with DeviceClient(
-                full,
+                deployed.net,
                 model_name,
                 f"http://{access_at}",
                 policy,
                 tiers,
-                profile=full_profile,
+                profile=deployed.profile,
                 deadline_s=5.0,
             ) as client:
-                cb = (
-                    (lambda done, _res: progress("collabinfer (real sockets)", done, len(data)))
-                    if progress
-                    else None
-                )
                 return await client.run_many(
-                    [data.images[i : i + 1] for i in range(len(data))], data.labels, progress=cb
+                    [data.images[i : i + 1] for i in range(len(data))],
+                    data.labels,
+                    progress=lambda done, _res: report(progress, task, done, len(data)),
                 )
 
         summary = asyncio.run(go())
@@ -252,7 +224,7 @@ def run_real_row(
         )
         for r in results
     ]
-    plans = Counter(r.plan.describe(full.block_names) for r in results)
+    plans = Counter(r.plan.describe(deployed.net.block_names) for r in results)
     row = Row(
         paradigm="collabinfer",
         accuracy=summary.accuracy,

@@ -1,0 +1,218 @@
+"""``collabinfer serve``, ``run`` and ``relay``: tiers, the device and links on real sockets.
+
+Examples (an edge on 8001 forwarding to a cloud on 8002, an LTE uplink in front)::
+
+    collabinfer serve --tier cloud --model fmnist-resnet --port 8002
+    collabinfer serve --tier edge --model fmnist-resnet --port 8001 --next http://127.0.0.1:8002
+    collabinfer relay --listen 127.0.0.1:9001 --target 127.0.0.1:8001 --link lte
+    collabinfer run --edge http://127.0.0.1:9001 --model fmnist-resnet --num-inputs 200
+
+A bad option (range, URL, unknown model, missing checkpoint) prints one line
+and exits with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.markup import escape
+
+from collabinfer.cli.console import console, fail, print_table
+from collabinfer.data import load_split
+from collabinfer.errors import CollabInferError, ConfigError
+from collabinfer.runtime.link import BandwidthTrace
+from collabinfer.serve.client import RunSummary
+from collabinfer.serve.config import TIER_INDEX, ServerConfig, parse_blocks
+from collabinfer.serve.device import adaptive_client
+from collabinfer.serve.relay import ShapingRelay, parse_address, resolve_profile
+from collabinfer.serve.server import load_served_model, serve_main
+from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES
+from collabinfer.topology.tiers import describe_tiers
+
+__all__ = ["relay", "run", "serve"]
+
+
+def serve(
+    tier: Annotated[str, typer.Option("--tier", help="tier name: device, edge, cloud, ...")],
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo model name")],
+    blocks: Annotated[
+        str | None, typer.Option("--blocks", help="blocks hosted, A:B as a slice (default: all)")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port to bind")] = 8000,
+    next_url: Annotated[
+        str | None, typer.Option("--next", help="base URL of the next tier, e.g. http://h:8002")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="COLLABINFER_TOKEN", help="bearer token required"),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", help="largest request body accepted")
+    ] = DEFAULT_MAX_BODY_BYTES,
+    batch_window_ms: Annotated[
+        float, typer.Option("--batch-window-ms", help="batch requests arriving within W ms")
+    ] = 0.0,
+    speed_factor: Annotated[
+        float, typer.Option("--speed-factor", help="emulate a tier this many times slower")
+    ] = 1.0,
+    untrained: Annotated[
+        bool, typer.Option("--untrained", help="seeded random weights instead of a checkpoint")
+    ] = False,
+) -> None:
+    """Host blocks A..B-1 of a model as one tier (see docs/serving.md)."""
+    try:
+        start, stop = parse_blocks(blocks)
+        config = ServerConfig(
+            tier_name=tier,
+            tier_index=TIER_INDEX.get(tier),
+            start=start,
+            stop=stop,
+            next_url=next_url,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            batch_window_ms=batch_window_ms,
+            speed_factor=speed_factor,
+        )
+        serve_main(config, model, host=host, port=port, untrained=untrained)
+    except CollabInferError as exc:
+        raise fail(exc) from exc
+
+
+async def _serve(relay_: ShapingRelay) -> None:
+    host, port = await relay_.start()
+    p = relay_.profile
+    rate = "trace" if relay_.trace is not None else f"{p.bandwidth_mbps:g} Mbit/s"
+    console.print(
+        f"relaying {host}:{port} -> {relay_.target[0]}:{relay_.target[1]} "
+        f"({p.name}: {rate}, RTT {p.rtt_ms:g} ms, jitter {p.jitter_ms:g} ms, seed {relay_.seed})"
+    )
+    try:
+        await asyncio.Event().wait()  # until Ctrl-C cancels us
+    finally:
+        await relay_.close()
+        st = relay_.stats
+        console.print(
+            f"relayed {st.connections} connections, {st.bytes_up:,} B up, {st.bytes_down:,} B down"
+        )
+
+
+def relay(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (port 0: any free port)")],
+    target: Annotated[str, typer.Option(help="HOST:PORT of the tier behind the relay")],
+    link: Annotated[
+        str | None, typer.Option(help="link profile: lte, 3g, wifi or wan (values below override)")
+    ] = None,
+    bandwidth_mbps: Annotated[
+        float | None, typer.Option(help="rate of each direction, Mbit/s")
+    ] = None,
+    rtt_ms: Annotated[float | None, typer.Option(help="round-trip delay, ms")] = None,
+    jitter_ms: Annotated[float | None, typer.Option(help="std-dev of one-way delay, ms")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the jitter")] = 0,
+    trace: Annotated[
+        Path | None, typer.Option(help="time_s,mbps CSV: bandwidth follows it (t=0 at start)")
+    ] = None,
+) -> None:
+    """A userspace TCP relay shaping bandwidth and RTT per direction (runs until Ctrl-C)."""
+    try:
+        profile = resolve_profile(link, bandwidth_mbps, rtt_ms, jitter_ms)
+        bw_trace = BandwidthTrace.from_csv(trace) if trace is not None else None
+        shaped = ShapingRelay(
+            parse_address(target), profile, listen=parse_address(listen), trace=bw_trace, seed=seed
+        )
+        asyncio.run(_serve(shaped))
+    except CollabInferError as exc:
+        raise fail(exc) from exc
+    except KeyboardInterrupt:
+        pass
+
+
+async def _run_all(edge: str, model: str, num_inputs: int, link: str, token: str | None,
+                   deadline_ms: float, device_factor: float, untrained: bool, cloud: bool,
+                   concurrency: int, data: Path | None) -> tuple[RunSummary, str]:  # fmt: skip
+    if num_inputs < 1:
+        raise ConfigError(f"--num-inputs must be >= 1, got {num_inputs}")
+    net = load_served_model(model, untrained=untrained)
+    test = load_split("test", data).subset(num_inputs)
+    console.print(f"profiling {model} on this CPU (batch 1, one thread)...")
+    client = adaptive_client(
+        net,
+        model,
+        edge,
+        link=link,
+        with_cloud=cloud,
+        device_factor=device_factor,
+        token=token,
+        deadline_s=deadline_ms / 1e3,
+    )
+    async with client:
+        summary = await client.run_many(test.images, test.labels, concurrency=concurrency)
+    return summary, f"{describe_tiers(client.tiers)}; weights {client.weights}"
+
+
+def run(
+    edge: Annotated[str, typer.Option(help="URL of the edge tier (the first remote tier)")],
+    cloud: Annotated[
+        str | None,
+        typer.Option(help="URL of the cloud (informational: the edge forwards to it itself)"),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="zoo model name")] = "fmnist-resnet",
+    num_inputs: Annotated[int, typer.Option(help="Fashion-MNIST test images to send")] = 100,
+    link: Annotated[
+        str, typer.Option(help="initial estimate of the uplink: lte, 3g, wifi")
+    ] = "lte",
+    token: Annotated[str | None, typer.Option(help="bearer token the servers expect")] = None,
+    deadline_ms: Annotated[
+        float, typer.Option(help="per-input budget before local fallback")
+    ] = 5000.0,
+    device_factor: Annotated[
+        float, typer.Option(help="emulated device slow-down vs this CPU")
+    ] = 100.0,
+    untrained: Annotated[
+        bool, typer.Option(help="seeded random weights (must match the servers')")
+    ] = False,
+    concurrency: Annotated[int, typer.Option(help="inputs in flight at once")] = 1,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="folder with the Fashion-MNIST IDX files")
+    ] = None,
+) -> None:
+    """Send test images from an emulated device through live tier servers."""
+    torch.set_num_threads(1)  # batch-1 timing on one core, as the profile assumes
+    try:
+        summary, labels = asyncio.run(
+            _run_all(
+                edge,
+                model,
+                num_inputs,
+                link,
+                token,
+                deadline_ms,
+                device_factor,
+                untrained,
+                cloud is not None,
+                concurrency,
+                data,
+            )
+        )
+    except CollabInferError as exc:
+        raise fail(exc) from exc
+    columns = ["inputs", "accuracy", "p50 ms", "p95 ms", "bytes/input"]
+    columns += ["device fallbacks", "edge fallbacks", "inputs/s"]
+    row = [
+        str(len(summary.results)),
+        f"{summary.accuracy:.2%}",
+        f"{summary.latency_p50_ms:.1f}",
+        f"{summary.latency_p95_ms:.1f}",
+        f"{summary.bytes_per_input:,.0f}",
+        str(summary.fallbacks),
+        str(summary.remote_fallbacks),
+        f"{summary.throughput:.1f}",
+    ]
+    print_table(f"{model} via {edge} (link estimate {link})", columns, [row])
+    for plan, count in sorted(summary.plans.items(), key=lambda kv: -kv[1]):
+        console.print(f"[dim]{count:>6} x {escape(plan)}[/dim]")
+    console.print(f"[dim]{labels}[/dim]")

@@ -1,0 +1,63 @@
+"""``collabinfer demo``'s work: train (or load) what Table 1 needs, profile it, run it.
+
+The CLI only parses options into a :class:`~collabinfer.experiments.table1.schema.Table1Config`
+and renders what :func:`run_demo` returns; everything that touches a model is here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collabinfer.data.fashion_mnist import load_split
+from collabinfer.experiments.table1.candidates import (
+    make_bottleneck_candidate,
+    make_dynamic_candidate,
+)
+from collabinfer.experiments.table1.run import Table1Models, run_table1
+from collabinfer.experiments.table1.schema import Table1Config, Table1Result
+from collabinfer.plan.profile import one_thread, profile_model
+from collabinfer.progress import ProgressFn
+from collabinfer.train import config_for, train_or_load
+
+__all__ = ["prepare_models", "run_demo"]
+
+
+def prepare_models(
+    cfg: Table1Config,
+    data_root: Path | None = None,
+    cache: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> Table1Models:
+    """Both classifiers and the collabinfer row's candidates, trained once (cached),
+    then profiled at batch 1 on one thread."""
+    full, full_res = train_or_load(config_for(cfg.full_model), cache, data_root, progress)
+    local, _ = train_or_load(config_for(cfg.local_model), cache, data_root, progress)
+    val_acc = full_res.metrics["val_acc"]
+    bottleneck = dynamic = None
+    if cfg.bottleneck:
+        bottleneck = make_bottleneck_candidate(
+            full, cfg.full_model, val_acc, data_root, cache, progress
+        )
+    if cfg.dynamic:
+        train, val = load_split("train", data_root), load_split("val", data_root)
+        dynamic = make_dynamic_candidate(
+            full, cfg.full_model, val_acc, train, val, cfg.dynamic_max_drop, cache, progress
+        )
+    with one_thread():  # batch-1 timing on one core: stable, and fair to a device
+        full_prof = profile_model(full, cfg.full_model, repeats=50)
+        local_prof = profile_model(local, cfg.local_model, repeats=50)
+    return Table1Models(full, local, full_prof, local_prof, dynamic, bottleneck)
+
+
+def run_demo(
+    cfg: Table1Config,
+    data_root: Path | None = None,
+    cache: Path | None = None,
+    progress: ProgressFn | None = None,
+    log_dir: Path | None = None,
+) -> Table1Result:
+    """Table 1 on the Fashion-MNIST test split, every row on one thread."""
+    models = prepare_models(cfg, data_root, cache, progress)
+    test = load_split("test", data_root)
+    with one_thread():
+        return run_table1(cfg, models, test, progress, cache, log_dir)

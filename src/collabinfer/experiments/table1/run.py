@@ -1,0 +1,168 @@
+"""Table 1 of the paper, measured: LC, EC, CC, the best static split, and collabinfer.
+
+Every row runs the real model on the real Fashion-MNIST test images, one input
+at a time (batch 1), through the same engine (rows: :mod:`~collabinfer.experiments.table1.rows`).
+Links are :class:`~collabinfer.runtime.link.SimulatedLink` s on a virtual clock
+that replay the same seeded fluctuating bandwidth trace for every row; with
+``real_sockets`` the collabinfer row also runs over real servers, relays and
+sockets (:mod:`~collabinfer.experiments.table1.real`) beside its
+virtual-clock twin, ``collabinfer-virtual``.
+
+What the collabinfer row deploys (:func:`choose_deployment`): the gated
+backbone with device exits (``dynamic``), else the learned bottleneck if it
+wins on validation and in the planner's prediction, else the plain backbone.
+
+Both split rows keep the raw input on the device by default
+(``private_splits``): that is the privacy half of the paper's promise, and it
+makes them choose among feature cuts instead of trivially sending the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.experiments.table1.candidates import BottleneckCandidate, DynamicCandidate
+from collabinfer.experiments.table1.real import run_real_row
+from collabinfer.experiments.table1.rows import (
+    ROW_BUILDERS,
+    Deployed,
+    Setting,
+    build_trace,
+    run_virtual_row,
+)
+from collabinfer.experiments.table1.schema import Row, Table1Config, Table1Result
+from collabinfer.model.blocks import BlockNet
+from collabinfer.plan.profile import Profile
+from collabinfer.progress import ProgressFn
+from collabinfer.topology.tiers import describe_tiers
+
+__all__ = ["Table1Models", "choose_deployment", "run_table1"]
+
+
+@dataclass(frozen=True)
+class Table1Models:
+    """The trained models a run needs, profiled; candidates for the collabinfer row."""
+
+    full: BlockNet
+    local: BlockNet
+    full_profile: Profile
+    local_profile: Profile
+    dynamic: DynamicCandidate | None = None
+    bottleneck: BottleneckCandidate | None = None
+
+
+def choose_deployment(
+    cfg: Table1Config, models: Table1Models, s: Setting
+) -> tuple[Deployed, dict[str, Any]]:
+    """What the collabinfer rows run, and the conditions that say why."""
+    plain = Deployed(cfg.full_model, models.full, models.full_profile)
+    dyn, bn = models.dynamic, models.bottleneck
+    if dyn is not None:
+        why: dict[str, Any] = {
+            "collabinfer_dynamic": {
+                "model": dyn.name,
+                "rule": dyn.exits.rule.to_json(),
+                "val_accuracy": dyn.val_accuracy,
+                "backbone_val_accuracy": dyn.backbone_val_accuracy,
+                "how": dyn.describe,
+            }
+        }
+        if bn is not None:
+            why["collabinfer_bottleneck"] = {
+                "used": False,
+                "why": "the row runs the gated backbone with exits (dynamic); "
+                "pass --no-dynamic to consider the bottleneck",
+                "model": bn.name,
+            }
+        return Deployed(dyn.name, dyn.net, dyn.profile, dyn.exits), why
+    if bn is not None:
+        use, reason = bn.wins(
+            cfg.bottleneck_max_drop,
+            models.full_profile,
+            cfg.tiers(),
+            [s.mean_access, s.wan],
+            cfg.min_device_blocks,
+        )
+        why = {"collabinfer_bottleneck": {"used": use, "why": reason, "model": bn.name}}
+        return (Deployed(bn.name, bn.net, bn.profile) if use else plain), why
+    return plain, {}
+
+
+def run_table1(
+    cfg: Table1Config,
+    models: Table1Models,
+    test: Dataset,
+    progress: ProgressFn | None = None,
+    cache: Path | None = None,
+    log_dir: Path | None = None,
+) -> Table1Result:
+    """Run every row on the same inputs, trace and tiers; return rows + latency samples."""
+    torch.manual_seed(0)
+    data = test.subset(cfg.num_inputs, cfg.subset_seed)
+    trace = build_trace(cfg, len(data) * cfg.arrival_interval_s + 10.0)
+    plain = Deployed(cfg.full_model, models.full, models.full_profile)
+    setting = Setting(
+        cfg,
+        data,
+        trace,
+        models.full,
+        models.local,
+        models.full_profile,
+        models.local_profile,
+        plain,
+    )
+    deployed, extra = choose_deployment(cfg, models, setting)
+    setting = dataclasses.replace(setting, collab=deployed)
+    rows: list[Row] = []
+    samples: dict[str, list[float]] = {}
+    for paradigm in cfg.paradigms:
+        setup = ROW_BUILDERS[paradigm](setting)
+        virtual = paradigm == "collabinfer" and cfg.real_sockets
+        name = "collabinfer-virtual" if virtual else paradigm
+        row, lat = run_virtual_row(name, setup, setting, progress)
+        rows.append(row)
+        samples[name] = lat
+        if virtual:  # the same policy over real sockets, on a subset, in wall time
+            real_data = data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
+            row, lat, info = run_real_row(cfg, deployed, real_data, trace, cache, progress, log_dir)
+            extra.update(info)
+            rows.append(row)
+            samples[paradigm] = lat
+    return Table1Result(_conditions(cfg, setting, extra), tuple(rows), samples)
+
+
+def _conditions(cfg: Table1Config, s: Setting, extra: dict[str, Any]) -> dict[str, Any]:
+    tiers = cfg.tiers()
+    access, trace = s.access, s.trace
+    return {
+        "link_profile": dataclasses.asdict(access),
+        "wan_profile": dataclasses.asdict(s.wan),
+        "fluctuating_trace": cfg.fluctuating,
+        "trace_seed": cfg.trace_seed,
+        "trace_mean_mbps": trace.mean_mbps() if trace else access.bandwidth_mbps,
+        "trace_volatility": cfg.volatility if trace else 0.0,
+        "link_seed": cfg.link_seed,
+        "arrival_interval_s": cfg.arrival_interval_s,
+        "tiers": [dataclasses.asdict(t) for t in tiers],
+        "tier_speed_factors": {t.name: t.speed_factor for t in tiers},
+        "tier_labels": describe_tiers(tiers),
+        "num_inputs": len(s.data),
+        "subset_seed": cfg.subset_seed,
+        "full_model": cfg.full_model,
+        "local_model": cfg.local_model,
+        "private_splits": cfg.private_splits,
+        "ewma_alpha": cfg.ewma_alpha,
+        "full_model_device_ms": s.full_profile.total_ms() * cfg.device_factor,
+        "compute": "run on this CPU at batch 1; emulated tiers (factor != 1) are charged the "
+        "profiled median time x factor, tiers at factor 1 their measured time",
+        "links": "SimulatedLink on a virtual clock (RTTs are assumptions, see link_profile.note)",
+        "profile_measured_on": s.full_profile.measured_on,
+        "config": dataclasses.asdict(cfg),
+        **extra,
+    }
