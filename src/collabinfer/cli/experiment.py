@@ -3,25 +3,57 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from collabinfer.cli.console import CacheOpt, DataOpt, console, fail, progress_bars, wrote
-from collabinfer.data import load_split
+from collabinfer.data import Dataset, load_split
 from collabinfer.errors import CollabInferError
-from collabinfer.experiments.dynamic import DynamicConfig, run_dynamic
-from collabinfer.experiments.rate_accuracy import RateAccuracyConfig, run_rate_accuracy
+from collabinfer.experiments.dynamic import DynamicConfig, DynamicResult, run_dynamic
+from collabinfer.experiments.rate_accuracy import (
+    RateAccuracyConfig,
+    RateAccuracyResult,
+    run_rate_accuracy,
+)
+from collabinfer.model.blocks import BlockNet
+from collabinfer.progress import ProgressFn
 from collabinfer.report.dynamic import write_dynamic
 from collabinfer.report.rate_accuracy import write_rate_accuracy
 from collabinfer.train import config_for, train_or_load
 
 __all__ = ["experiment_app"]
 
+R = TypeVar("R")
+
 experiment_app = typer.Typer(
     no_args_is_help=True, help="Run one experiment; write JSON, markdown, plots."
 )
+
+
+def _run(
+    backbone: str,
+    run: Callable[[BlockNet, Dataset, Dataset, Dataset, ProgressFn], R],
+    write: Callable[[R, Path], list[Path]],
+    out: Path,
+    markdown: str,
+    data: Path | None,
+    cache: Path | None,
+) -> None:
+    """Train (or load) the backbone, run on the three splits, write and print the report."""
+    t0 = time.perf_counter()
+    try:
+        with progress_bars() as progress:
+            net, _ = train_or_load(config_for(backbone), cache, data, progress)
+            train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
+            result = run(net, train, val, test, progress)
+        paths = write(result, out)
+    except CollabInferError as exc:
+        raise fail(exc) from exc
+    console.print((out / markdown).read_text())
+    wrote(paths, t0)
 
 
 @experiment_app.command("rate-accuracy")
@@ -36,18 +68,14 @@ def rate_accuracy_cmd(
     cache: CacheOpt = None,
 ) -> None:
     """Accuracy vs bytes per input: image codecs, features at every cut, learned bottlenecks."""
-    t0 = time.perf_counter()
-    try:
-        cfg = RateAccuracyConfig.make(quick)
-        with progress_bars() as progress:
-            teacher, _ = train_or_load(config_for("fmnist-resnet"), cache, data, progress)
-            train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
-            result = run_rate_accuracy(cfg, teacher, train, val, test, cache, progress)
-        paths = write_rate_accuracy(result, out)
-    except CollabInferError as exc:
-        raise fail(exc) from exc
-    console.print((out / "rate_accuracy.md").read_text())
-    wrote(paths, t0)
+    cfg = RateAccuracyConfig.make(quick)
+
+    def run(
+        teacher: BlockNet, train: Dataset, val: Dataset, test: Dataset, progress: ProgressFn
+    ) -> RateAccuracyResult:
+        return run_rate_accuracy(cfg, teacher, train, val, test, cache, progress)
+
+    _run("fmnist-resnet", run, write_rate_accuracy, out, "rate_accuracy.md", data, cache)
 
 
 @experiment_app.command("dynamic")
@@ -62,15 +90,11 @@ def dynamic_cmd(
     cache: CacheOpt = None,
 ) -> None:
     """Early exits (entropy vs calibrated), gates, path-aware exits vs the static backbone."""
-    t0 = time.perf_counter()
-    try:
-        cfg = DynamicConfig.make(quick)
-        with progress_bars() as progress:
-            backbone, _ = train_or_load(config_for(cfg.backbone), cache, data, progress)
-            train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
-            result = run_dynamic(cfg, backbone, train, val, test, cache, progress)
-        paths = write_dynamic(result, out)
-    except CollabInferError as exc:
-        raise fail(exc) from exc
-    console.print((out / "dynamic.md").read_text())
-    wrote(paths, t0)
+    cfg = DynamicConfig.make(quick)
+
+    def run(
+        backbone: BlockNet, train: Dataset, val: Dataset, test: Dataset, progress: ProgressFn
+    ) -> DynamicResult:
+        return run_dynamic(cfg, backbone, train, val, test, cache, progress)
+
+    _run(cfg.backbone, run, write_dynamic, out, "dynamic.md", data, cache)

@@ -22,11 +22,14 @@ object, and the reliability bins are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from collabinfer.errors import ConfigError
-from collabinfer.experiments.records import from_json, json_codec, read_json, to_json, write_json
+from collabinfer.experiments.records import (
+    ResultFile,
+    from_json,
+    json_codec,
+)
 from collabinfer.model.calibration import ReliabilityBin
 from collabinfer.model.dynamic import NEVER, ExitRule
 
@@ -225,7 +228,10 @@ class DynamicConditions:
 
 
 @dataclass(frozen=True)
-class DynamicResult:
+class DynamicResult(ResultFile):
+    FILE: ClassVar[str] = FILE
+    WHAT: ClassVar[str] = "dynamic results"
+
     conditions: DynamicConditions
     points: tuple[DynamicPoint, ...]  # the static backbone first
     exits: tuple[ExitCalibration, ...] = ()
@@ -238,23 +244,3 @@ class DynamicResult:
 
     def point(self, method: str, setting: str) -> DynamicPoint | None:
         return next((p for p in self.points if (p.method, p.setting) == (method, setting)), None)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = to_json(self)
-        return data
-
-    @classmethod
-    def from_json(cls, data: object) -> DynamicResult:
-        """The result from parsed JSON; anything malformed is a :class:`ConfigError`."""
-        return from_json(cls, data, FILE)
-
-    def save(self, out: Path) -> list[Path]:
-        """``dynamic.json`` in ``out``, checked first: what is written can be read."""
-        data = self.to_json_dict()
-        self.from_json(data)
-        return [write_json(out / FILE, data)]
-
-    @classmethod
-    def load(cls, out: Path) -> DynamicResult:
-        """Read ``dynamic.json`` from ``out``."""
-        return cls.from_json(read_json(out / FILE, "dynamic results"))

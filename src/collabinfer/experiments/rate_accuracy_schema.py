@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from collabinfer.errors import ConfigError
-from collabinfer.experiments.records import from_json, read_json, to_json, write_json
+from collabinfer.experiments.records import ResultFile, from_json, to_json
 
 __all__ = [
     "FILE",
@@ -104,7 +103,10 @@ class RateAccuracySummary:
 
 
 @dataclass(frozen=True)
-class RateAccuracyResult:
+class RateAccuracyResult(ResultFile):
+    FILE: ClassVar[str] = FILE
+    WHAT: ClassVar[str] = "rate-accuracy results"
+
     points: tuple[Point, ...]
     reference_accuracy: float  # the full model on the uncompressed test inputs
     conditions: RateAccuracyConditions
@@ -119,7 +121,7 @@ class RateAccuracyResult:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The file's content: the result plus its :func:`summary`."""
-        data: dict[str, Any] = to_json(self)
+        data = super().to_json_dict()
         data["summary"] = to_json(summary(self))
         return data
 
@@ -131,17 +133,6 @@ class RateAccuracyResult:
                 raise ConfigError(f"{FILE}: summary must be an object")
             data = {k: v for k, v in data.items() if k != "summary"}  # derived: recomputed
         return from_json(cls, data, FILE)
-
-    def save(self, out: Path) -> list[Path]:
-        """``rate_accuracy.json`` in ``out``, checked first: what is written can be read."""
-        data = self.to_json_dict()
-        self.from_json(data)
-        return [write_json(out / FILE, data)]
-
-    @classmethod
-    def load(cls, out: Path) -> RateAccuracyResult:
-        """Read ``rate_accuracy.json`` from ``out``."""
-        return cls.from_json(read_json(out / FILE, "rate-accuracy results"))
 
 
 def best_under(points: tuple[Point, ...], min_accuracy: float, method_prefix: str) -> Point | None:

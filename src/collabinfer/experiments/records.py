@@ -42,11 +42,11 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, Self, TypeVar, Union
 
 from collabinfer.errors import ConfigError
 
-__all__ = ["from_json", "json_codec", "read_json", "to_json", "write_json"]
+__all__ = ["ResultFile", "from_json", "json_codec", "read_json", "to_json", "write_json"]
 
 T = TypeVar("T")
 Reader = Callable[[object, str], Any]
@@ -184,3 +184,34 @@ def write_json(path: Path, data: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+class ResultFile:
+    """Save and load for a result record kept in one JSON file in the output folder.
+
+    A subclass (a frozen dataclass) names its ``FILE`` and, for error
+    messages, ``WHAT``; it may override :meth:`from_json` for what its layout
+    adds (a derived block to drop). ``save`` reads back what it is about to
+    write first, so a file that was written can always be loaded.
+    """
+
+    FILE: ClassVar[str]
+    WHAT: ClassVar[str]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = to_json(self)
+        return data
+
+    @classmethod
+    def from_json(cls, data: object) -> Self:
+        """The result from parsed JSON; anything malformed is a :class:`ConfigError`."""
+        return from_json(cls, data, cls.FILE)
+
+    def save(self, out: Path) -> list[Path]:
+        data = self.to_json_dict()
+        type(self).from_json(data)
+        return [write_json(out / self.FILE, data)]
+
+    @classmethod
+    def load(cls, out: Path) -> Self:
+        return cls.from_json(read_json(out / cls.FILE, cls.WHAT))

@@ -49,19 +49,6 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def derived_path(
-    kind: str,
-    config: dict[str, Any],
-    base: torch.nn.Module,
-    data_digest: str,
-    cache: Path | None = None,
-) -> tuple[Path, str]:
-    """Where a checkpoint *derived from a trained model* lives (exit heads, gates):
-    keyed by its config, the base model's weights and the training data."""
-    key = config_key(config | {"backbone": weights_hash(base)}, data_digest)
-    return (cache or default_cache_dir()) / "checkpoints" / f"{kind}-{key}.pt", key
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     model_name: str

@@ -30,9 +30,9 @@ from collabinfer.data.fashion_mnist import Dataset, load_split
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.bottleneck import Bottleneck, bottleneck_net
-from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
+from collabinfer.model.checkpoint import Checkpoint, load_weights
 from collabinfer.progress import ProgressFn
-from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.cache import Trained, cached, derived_slot, detached
 from collabinfer.train.loop import Phase, batches, fit, require_tuning_split, steps_per_epoch
 
 
@@ -210,21 +210,6 @@ def evaluate_bottleneck(
     return {"val_acc": correct / len(data), "val_est_bytes": bits / 8 / len(data)}
 
 
-def bottleneck_slot(
-    config: BottleneckConfig,
-    teacher: BlockNet,
-    train: Dataset,
-    cache: Path | None = None,
-    init: TrainedBottleneck | None = None,
-) -> Slot:
-    """Keyed by config + teacher weights + data (+ the checkpoint it started from)."""
-    key_source = dataclasses.asdict(config) | {
-        "teacher": weights_hash(teacher),
-        "init": init.key if init else "",
-    }
-    return slot_for("bottleneck", key_source, train.digest, cache)
-
-
 def train_or_load_bottleneck(
     config: BottleneckConfig,
     teacher: BlockNet,
@@ -253,7 +238,15 @@ def train_or_load_bottleneck(
         tail = BlockNet(list(zip(teacher.block_names, blocks, strict=True)), teacher.input_shape)
         return Trained((net, bn), detached(bn, "bn.") | detached(tail, "tail."), stats)
 
-    slot = bottleneck_slot(config, teacher, train, cache, init)
+    slot = derived_slot(
+        "bottleneck",
+        config,
+        teacher,
+        train,
+        cache,
+        base_name="teacher",
+        extra={"init": init.key if init else ""},
+    )
     got = cached(
         slot,
         config=dataclasses.asdict(config),

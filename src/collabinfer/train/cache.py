@@ -12,6 +12,7 @@ thing for every kind of model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,11 @@ from collabinfer.model.checkpoint import (
     default_cache_dir,
     load_checkpoint,
     save_checkpoint,
+    weights_hash,
 )
 from collabinfer.train.loop import require_tuning_split
 
-__all__ = ["Cached", "Slot", "Trained", "cached", "detached", "slot_for"]
+__all__ = ["Cached", "Slot", "Trained", "cached", "derived_slot", "detached", "slot_for"]
 
 T = TypeVar("T")
 
@@ -56,6 +58,23 @@ def slot_for(
     key = config_key(dict(key_source), data_digest)
     root = cache or default_cache_dir()
     return Slot(kind, key, root / "checkpoints" / f"{kind}-{key}.pt")
+
+
+def derived_slot(
+    kind: str,
+    config: Any,
+    base: torch.nn.Module,
+    data: Dataset,
+    cache: Path | None = None,
+    *,
+    base_name: str = "backbone",
+    extra: Mapping[str, Any] | None = None,
+) -> Slot:
+    """The slot of something trained *on top of* a trained model (gates, exit heads,
+    a bottleneck): keyed by its dataclass ``config``, the base model's weights
+    (under ``base_name``), anything in ``extra`` and the training data."""
+    key_source = dataclasses.asdict(config) | {base_name: weights_hash(base)} | dict(extra or {})
+    return slot_for(kind, key_source, data.digest, cache)
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from collabinfer.model.calibration import (
     fit_temperature,
     reliability_table,
 )
-from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
+from collabinfer.model.checkpoint import Checkpoint, load_weights
 from collabinfer.model.exits import ExitBranches
 from collabinfer.model.gates import is_gated
 from collabinfer.progress import ProgressFn
-from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.cache import Trained, cached, derived_slot, detached
 from collabinfer.train.exit_rules import record_exits
 from collabinfer.train.loop import LossFn, Phase, fit, require_tuning_split, steps_per_epoch
 
@@ -209,14 +209,6 @@ def calibrate_exits(
     return out
 
 
-def exits_slot(
-    config: ExitConfig, backbone: BlockNet, train: Dataset, cache: Path | None = None
-) -> Slot:
-    """Keyed by config + backbone weights + training data."""
-    key_source = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
-    return slot_for("exits", key_source, train.digest, cache)
-
-
 def train_or_load_exits(
     config: ExitConfig,
     backbone: BlockNet,
@@ -249,7 +241,7 @@ def train_or_load_exits(
         return Trained((net, exits), state, stats)
 
     got = cached(
-        exits_slot(config, backbone, train, cache),
+        derived_slot("exits", config, backbone, train, cache),
         config=dataclasses.asdict(config),
         tuning={"exit training": train, "exit validation": val},
         load=load,

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from collabinfer.data.fashion_mnist import Dataset, load_split
 from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.checkpoint import Checkpoint, load_weights, weights_hash
+from collabinfer.model.checkpoint import Checkpoint, load_weights
 from collabinfer.model.gates import gate_net, gate_rates, gated_blocks
 from collabinfer.progress import ProgressFn
-from collabinfer.train.cache import Slot, Trained, cached, detached, slot_for
+from collabinfer.train.cache import Trained, cached, derived_slot, detached
 from collabinfer.train.loop import Phase, fit, require_tuning_split, steps_per_epoch
 
 
@@ -161,14 +161,6 @@ def train_gates(
     return net, stats
 
 
-def gates_slot(
-    config: GateConfig, backbone: BlockNet, train: Dataset, cache: Path | None = None
-) -> Slot:
-    """Keyed by config + backbone weights + training data."""
-    key_source = dataclasses.asdict(config) | {"backbone": weights_hash(backbone)}
-    return slot_for("gates", key_source, train.digest, cache)
-
-
 def train_or_load_gates(
     config: GateConfig,
     backbone: BlockNet,
@@ -192,7 +184,7 @@ def train_or_load_gates(
         return Trained(net, detached(net), stats)
 
     got = cached(
-        gates_slot(config, backbone, train, cache),
+        derived_slot("gates", config, backbone, train, cache),
         config=dataclasses.asdict(config),
         tuning={"gate training": train, "gate validation": val},
         load=load,
