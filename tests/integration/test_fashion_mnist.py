@@ -71,7 +71,11 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
     # the premise of the paper, measured: the local model is less accurate than the full one
     assert rows["LC"]["accuracy"] < rows["EC"]["accuracy"]
     assert rows["EC"]["accuracy"] > 0.88
-    assert rows["LC"]["latency_p50_ms"] < rows["EC"]["latency_p50_ms"]
+    # ... and cheaper: on the device it beats running the full model there. (Not "LC
+    # beats EC": both are ~60 ms here, and a batch-1 profile of a 24k-parameter model
+    # varies by 2x between identical runs, so that comparison is a coin toss on a
+    # loaded machine.)
+    assert rows["LC"]["latency_p50_ms"] < data["conditions"]["full_model_device_ms"]
     assert not rows["collabinfer"]["raw_input_leaves_device"]
     # the collabinfer rows run the gated backbone; confident inputs leave on the device
     assert data["conditions"]["collabinfer_dynamic"]["model"] == "fmnist-resnet+gates"

@@ -83,8 +83,12 @@ def test_cache_trains_once_then_loads(tmp_path: Path) -> None:
     calls: list[str] = []
     load, train = _recipe(calls, 3.0)
     slot = slot_for("thing", {"a": 1}, TRAIN.digest, tmp_path)
-    first = cached(slot, config={"a": 1}, tuning={"training": TRAIN}, load=load, train=train)
-    again = cached(slot, config={"a": 1}, tuning={"training": TRAIN}, load=load, train=train)
+    seen: list[tuple[str, int, int, Mapping[str, float]]] = []
+    kw = {"config": {"a": 1}, "tuning": {"training": TRAIN}, "load": load, "train": train}
+    first = cached(slot, **kw, progress=lambda *a: seen.append(a))
+    assert seen == []  # training reports through the recipe's own loop
+    again = cached(slot, **kw, progress=lambda *a: seen.append(a), task="train it")
+    assert seen == [("train it", 1, 1, {"reused": 1.0})]  # a log says what was reused
     assert (first.reused, again.reused) == (False, True)
     assert first.value == again.value == 3.0 and again.metrics == {"val_acc": 0.5}
     assert calls == ["train", "load"]

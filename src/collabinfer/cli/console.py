@@ -32,6 +32,9 @@ from collabinfer.progress import ProgressFn
 OFF_TTY_WIDTH = 240
 """Console width when not writing to a terminal: wider than any table we print."""
 
+FLAGS = frozenset({"reused"})
+"""Stats that are a yes (1.0) when present: shown as the word alone ("reused")."""
+
 console = Console()
 if not console.is_terminal:
     console.width = OFF_TTY_WIDTH
@@ -86,7 +89,9 @@ def progress_bars(min_interval_s: float = 0.1) -> Iterator[ProgressFn]:
         if done < total and now - last[task] < min_interval_s:
             return
         last[task] = now
-        info = " ".join(f"{k} {v:.3g}" for k, v in stats.items() if k != "val_acc")
+        info = " ".join(
+            k if k in FLAGS else f"{k} {v:.3g}" for k, v in stats.items() if k != "val_acc"
+        )
         bars.update(tasks[task], completed=done, total=total, info=info)
 
     with bars:

@@ -254,6 +254,8 @@ def train_or_load_bottleneck(
         load=load,
         train=train_now,
         may_train=may_train,
+        progress=progress,
+        task="train bottleneck",
     )
     net, bn = got.value
     return TrainedBottleneck(net, bn, config, got.metrics, got.path, got.reused, got.key)

@@ -30,6 +30,7 @@ from collabinfer.model.checkpoint import (
     save_checkpoint,
     weights_hash,
 )
+from collabinfer.progress import ProgressFn, report
 from collabinfer.train.loop import require_tuning_split
 
 __all__ = ["Cached", "Slot", "Trained", "cached", "derived_slot", "detached", "slot_for"]
@@ -105,18 +106,25 @@ def cached(
     train: Callable[[], Trained[T]],
     may_train: bool = True,
     force: bool = False,
+    progress: ProgressFn | None = None,
+    task: str = "",
 ) -> Cached[T]:
     """Load ``slot`` if it exists (verified: kind, key, shapes), else ``train()`` and store.
 
     ``tuning`` names every split the recipe learns or chooses from; each must
     not be the test split. ``may_train=False`` only loads: a missing file is a
-    :class:`CheckpointError` saying how to make it. ``force`` retrains.
+    :class:`CheckpointError` saying how to make it. ``force`` retrains. A reuse is
+    reported to ``progress`` as ``task`` done in one step with ``{"reused": 1}`` (and
+    the stored ``test_acc``, where there is one), so a log says what was not retrained.
     """
     for what, data in tuning.items():
         require_tuning_split(data, what)
     if slot.path.exists() and not force:
         ck = load_checkpoint(slot.path, model_name=slot.kind, key=slot.key)
-        return Cached(load(ck, slot.path), ck.metrics, slot.path, slot.key, True)
+        value = load(ck, slot.path)
+        shown = {"reused": 1.0} | {k: ck.metrics[k] for k in ("test_acc",) if k in ck.metrics}
+        report(progress, task or f"train {slot.kind}", 1, 1, shown)
+        return Cached(value, ck.metrics, slot.path, slot.key, True)
     if not may_train:
         raise CheckpointError(
             f"no trained {slot.kind} in the cache ({slot.path}): "

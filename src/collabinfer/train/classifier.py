@@ -179,6 +179,8 @@ def train_or_load(
         load=load,
         train=train_now,
         may_train=may_train,
+        progress=progress,
+        task=f"train {config.model}",
         force=force,
     )
     return got.value, TrainResult(got.path, got.key, got.reused, got.metrics)

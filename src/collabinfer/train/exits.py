@@ -247,6 +247,8 @@ def train_or_load_exits(
         load=load,
         train=train_now,
         may_train=may_train,
+        progress=progress,
+        task="train exits",
     )
     net, exits = got.value
     return TrainedExits(net, exits, config, got.metrics, got.path, got.reused)

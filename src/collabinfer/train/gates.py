@@ -190,6 +190,8 @@ def train_or_load_gates(
         load=load,
         train=train_now,
         may_train=may_train,
+        progress=progress,
+        task="train gates",
     )
     return TrainedGates(got.value, config, got.metrics, got.path, got.reused)
 
