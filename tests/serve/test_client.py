@@ -18,9 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from collabinfer.codec import get_codec
-from collabinfer.errors import ConfigError, TierError
+from collabinfer.errors import ConfigError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.planner import Planner
+from collabinfer.runtime.breaker import CircuitBreaker
 from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.state import StepKind
 from collabinfer.serve import ServerConfig, create_app, decode_request
@@ -123,9 +124,16 @@ def test_three_tiers_int8_within_codec_tolerance(tiny_net: BlockNet, start_serve
 
 
 def test_server_down_every_input_finishes_on_the_device(tiny_net: BlockNet) -> None:
+    """The first input tries twice (one retry, the same id); then the breaker is open
+    (a minute's back-off here) and the others finish at once, without a post."""
     url = f"http://127.0.0.1:{free_port()}"  # nobody listens
     client = device_client(
-        tiny_net, "tiny-cnn", url, two_tier_planner(tiny_net), estimators(LOOPBACK)
+        tiny_net,
+        "tiny-cnn",
+        url,
+        two_tier_planner(tiny_net),
+        estimators(LOOPBACK),
+        breaker=CircuitBreaker(60.0, 60.0),
     )
     xs = grid_images(5)
     results = run_all(client, xs)
@@ -134,10 +142,14 @@ def test_server_down_every_input_finishes_on_the_device(tiny_net: BlockNet) -> N
     for r, w in zip(results, want, strict=True):
         assert r.fell_back and r.answered_by == 0
         assert torch.equal(r.output[0], w), "finished from the exact tensor: no codec loss"
-        assert r.attempts == 2, "one retry (the default) with the same id, then local"
         assert r.bytes_sent == 0 and not r.raw_input_left_device  # refused: nothing left
         assert [s.kind for s in r.steps].count(StepKind.FALLBACK) == 1
         assert r.emulated_ms > 0  # the device's 10x slowness was slept, and labelled
+    assert results[0].attempts == 2, "one retry (the default) with the same id, then local"
+    assert "connect" in (results[0].error or "")
+    for r in results[1:]:
+        assert r.attempts == 0 and "failed recently" in (r.error or "")
+    assert client.breaker.state == "open"
 
 
 def test_deadline_overrun_falls_back(tiny_net: BlockNet, start_server, start_relay) -> None:
@@ -156,7 +168,10 @@ def test_deadline_overrun_falls_back(tiny_net: BlockNet, start_server, start_rel
     assert deadline_s * 1e3 <= r.latency_ms < stuck.rtt_ms
 
 
-def test_a_refused_request_is_a_tier_error(tiny_net: BlockNet, start_server) -> None:
+def test_a_refused_request_finishes_on_the_device_with_the_reason(
+    tiny_net: BlockNet, start_server
+) -> None:
+    """A 4xx is not retried and does not end the run: the device answers, and says why."""
     edge = start_server(edge_config(token="s3cret"), tiny_net)
     planner = two_tier_planner(tiny_net)
     x = grid_images(1)
@@ -164,9 +179,9 @@ def test_a_refused_request_is_a_tier_error(tiny_net: BlockNet, start_server) -> 
         tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK), token="s3cret"
     )
     (r,) = run_all(ok, x)
-    assert not r.fell_back and r.answered_by == 1 and r.raw_input_left_device
-    with pytest.raises(TierError, match="401"):
-        run_all(device_client(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK)), x)
+    assert not r.fell_back and r.answered_by == 1 and r.raw_input_left_device and r.error is None
+    (r,) = run_all(device_client(tiny_net, "tiny-cnn", edge.url, planner, estimators(LOOPBACK)), x)
+    assert r.fell_back and r.attempts == 1 and "401" in (r.error or "")
     wrong = device_client(
         tiny_net,
         "tiny-cnn",
@@ -176,8 +191,8 @@ def test_a_refused_request_is_a_tier_error(tiny_net: BlockNet, start_server) -> 
         token="s3cret",
         weights="0" * 16,
     )
-    with pytest.raises(TierError, match=r"409.*weights"):
-        run_all(wrong, x)
+    (r,) = run_all(wrong, x)
+    assert r.fell_back and r.answered_by == 0 and re.search(r"409.*weights", r.error or "")
 
 
 def test_retry_reuses_the_request_id(tiny_net: BlockNet) -> None:

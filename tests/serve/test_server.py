@@ -286,16 +286,23 @@ def test_edge_falls_back_on_5xx_garbage_and_timeout(handler) -> None:  # type: i
     asyncio.run(go())
 
 
-def test_deadline_spent_before_forwarding_falls_back() -> None:
+def test_deadline_too_close_to_forward_falls_back_and_a_spent_one_is_refused() -> None:
+    """3 ms cover this tier's block but not the forward's margin: the edge finishes
+    the request itself without posting. 0 ms cover nothing: refused (504) at once."""
     net, x = make_net(), make_input()
-    app = _edge_with_next(httpx.MockTransport(lambda r: httpx.Response(500)))
+    posted: list[int] = []
+    app = _edge_with_next(httpx.MockTransport(lambda r: posted.append(1) or httpx.Response(500)))
 
     async def go() -> None:
         async with asgi_client(app) as client:
-            header, payload = device_request(net, x, (0, 1, 2, 4), ("fp32", "fp32", None), "d1", 0)
+            header, payload = device_request(net, x, (0, 1, 2, 4), ("fp32", "fp32", None), "d1", 3)
             _fell_back(await _ok(client, header, payload), 1)
+            header, payload = device_request(net, x, (0, 1, 2, 4), ("fp32", "fp32", None), "d2", 0)
+            r, _ = await _infer(client, header, payload)
+            assert r.status_code == 504 and r.json()["field"] == "deadline_ms"
 
     asyncio.run(go())
+    assert posted == []
 
 
 @pytest.mark.parametrize(
@@ -318,17 +325,27 @@ def test_no_fallback_without_the_remaining_blocks(
     asyncio.run(go())
 
 
-def test_a_4xx_from_next_is_a_502_not_a_fallback() -> None:
-    refuse = httpx.MockTransport(lambda r: httpx.Response(409, json={"error": "weights"}))
-    app = _edge_with_next(refuse)
+def test_a_4xx_from_next_is_a_fallback_and_opens_the_breaker() -> None:
+    """A refusal from the next tier is no answer: this tier (hosting the rest)
+    finishes the request, and the next one is not asked again during the back-off."""
+    posts: list[str] = []
+
+    def refuse(r: httpx.Request) -> httpx.Response:
+        posts.append(r.url.path)
+        return httpx.Response(409, json={"error": "weights"})
+
+    app = _edge_with_next(httpx.MockTransport(refuse))
 
     async def go() -> None:
         async with asgi_client(app) as client:
-            header, payload = device_request(make_net(), make_input(), (0, 1, 2, 4), ("fp32",) * 3)
-            r, _ = await _infer(client, header, payload)
-        assert r.status_code == 502 and "409" in r.json()["error"]
+            for rid in ("a", "b"):
+                header, payload = device_request(
+                    make_net(), make_input(), (0, 1, 2, 4), ("fp32",) * 3, rid
+                )
+                _fell_back(await _ok(client, header, payload), 1)
 
     asyncio.run(go())
+    assert len(posts) == 1  # the second request fell back without a post
 
 
 # --- retries --------------------------------------------------------------------------------
@@ -561,7 +578,7 @@ def test_device_edge_cloud_over_real_sockets() -> None:
         int8 = post((0, 1, 3, 4), ("int8", "int8", None), "int8")
         edge_out = metric(client.get("/metrics").text, "collabinfer_server_bytes_out_total")
         cloud_in = metric(
-            httpx.get(f"{cloud_url}/metrics", trust_env=False).text,
+            httpx.get(f"{cloud_url}/metrics", headers=AUTH, trust_env=False).text,
             "collabinfer_server_bytes_in_total",
         )
         cloud_stack.close()  # the cloud goes away; the edge's keep-alive pool must cope

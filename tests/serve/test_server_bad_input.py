@@ -176,10 +176,10 @@ def test_all_bad_requests_in_a_row_then_a_valid_one() -> None:
                 ready = await client.get("/v2/health/ready")
                 assert ready.status_code == 200, name
             await _still_serves(client)
-            text = (await client.get("/metrics")).text
+            text = (await client.get("/metrics", headers=AUTH)).text
         errors = sum(
             metric_value(text, "collabinfer_server_errors_total", reason=r)
-            for r in ("bad_request", "unauthorized", "unknown_model", "weights_mismatch",
+            for r in ("bad_request", "unauthorized", "unknown_model", "conflict",
                       "too_large", "unprocessable")
         )  # fmt: skip
         assert errors == len(CASES)
@@ -190,7 +190,7 @@ def test_all_bad_requests_in_a_row_then_a_valid_one() -> None:
     asyncio.run(go())
 
 
-def test_401_carries_a_challenge_and_metadata_needs_the_token_too() -> None:
+def test_401_carries_a_challenge_and_metadata_metrics_docs_need_the_token() -> None:
     async def go() -> None:
         async with asgi_client(_app()) as client:
             r = await client.post(INFER, content=VALID_BODY)
@@ -200,7 +200,9 @@ def test_401_carries_a_challenge_and_metadata_needs_the_token_too() -> None:
             assert (await client.get(f"/v2/models/{NAME}", headers=AUTH)).status_code == 200
             missing = await client.get("/v2/models/vgg", headers=AUTH)
             assert missing.status_code == 404 and missing.json()["field"] == "model"
-            assert (await client.get("/metrics")).status_code == 200
+            for path in ("/metrics", "/openapi.json", "/docs"):  # behind the token too
+                assert (await client.get(path)).status_code == 401, path
+                assert (await client.get(path, headers=AUTH)).status_code == 200, path
             assert (await client.get("/v2/health/live")).status_code == 200
 
     asyncio.run(go())

@@ -187,7 +187,7 @@ STRUCTURE_CASES = {
     "plan not object": (_body_with(plan=[0, 4]), 400, "plan"),
     "plan codec int": (_body_with(plan={"boundaries": [0, 4], "codecs": [3]}), 400, "plan"),
     "path entry short": (_body_with(path=[[0, 0]]), 400, "path"),
-    "negative deadline": (_body_with(deadline_ms=-1), 400, None),
+    "negative deadline": (_body_with(deadline_ms=-1), 400, "deadline_ms"),
 }
 
 
@@ -320,7 +320,7 @@ def test_wire_error_is_a_tier_error_with_json() -> None:
     e = WireError("bad", 409, "weights")
     assert isinstance(e, TierError)
     assert e.to_json() == {"error": "bad", "field": "weights"}
-    assert e.reason == "weights_mismatch"
+    assert e.reason == "conflict"
 
 
 def test_fp32_payload_is_the_codec_bytes() -> None:

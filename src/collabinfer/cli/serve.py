@@ -8,12 +8,15 @@ Examples (an edge on 8001 forwarding to a cloud on 8002, an LTE uplink in front)
     collabinfer run --edge http://127.0.0.1:9001 --model fmnist-resnet --num-inputs 200
 
 A bad option (range, URL, unknown model, missing checkpoint) prints one line
-and exits with code 2, never a traceback.
+and exits with code 2, never a traceback. The bearer token comes from
+``COLLABINFER_TOKEN`` or ``--token-file`` (``--token`` works but is visible in
+the process list, and says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -30,10 +33,38 @@ from collabinfer.serve.config import TIER_INDEX, ServerConfig, parse_blocks
 from collabinfer.serve.device import adaptive_client
 from collabinfer.serve.relay import ShapingRelay, parse_address, resolve_profile
 from collabinfer.serve.server import load_served_model, serve_main
-from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES
+from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS
 from collabinfer.topology.tiers import describe_tiers
 
-__all__ = ["relay", "run", "serve"]
+__all__ = ["relay", "resolve_token", "run", "serve"]
+
+TOKEN_ENV = "COLLABINFER_TOKEN"
+_DEFAULTS = ServerConfig("defaults")
+
+
+def resolve_token(token: str | None, token_file: Path | None) -> str | None:
+    """The bearer token from ``--token-file`` or ``--token``/``$COLLABINFER_TOKEN``."""
+    if token_file is not None:
+        if token is not None and os.environ.get(TOKEN_ENV) != token:
+            raise ConfigError("give --token-file or --token, not both")
+        try:
+            text = token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read --token-file {token_file}: {e}") from None
+        if not text or any(c.isspace() for c in text):
+            raise ConfigError(f"--token-file {token_file} must hold one token, no spaces")
+        return text
+    if token is not None and os.environ.get(TOKEN_ENV) != token:
+        console.print(
+            f"[yellow]warning:[/yellow] --token is visible in the process list; "
+            f"prefer ${TOKEN_ENV} or --token-file"
+        )
+    return token
+
+
+TokenFile = Annotated[
+    Path | None, typer.Option("--token-file", help="file holding the bearer token")
+]
 
 
 def serve(
@@ -49,11 +80,45 @@ def serve(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="COLLABINFER_TOKEN", help="bearer token required"),
+        typer.Option("--token", envvar=TOKEN_ENV, help="bearer token required (or the env var)"),
     ] = None,
+    token_file: TokenFile = None,
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="largest request body accepted")
     ] = DEFAULT_MAX_BODY_BYTES,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", help="batch rows one request may carry")
+    ] = DEFAULT_MAX_ROWS,
+    max_compute_ms: Annotated[
+        float, typer.Option("--max-compute-ms", help="estimated compute one request may cost")
+    ] = _DEFAULTS.max_compute_ms,
+    max_in_flight: Annotated[
+        int, typer.Option("--max-in-flight", help="requests admitted at once (then 503)")
+    ] = _DEFAULTS.max_in_flight,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="open connections (then refused)")
+    ] = _DEFAULTS.max_connections,
+    header_timeout_s: Annotated[
+        float, typer.Option("--header-timeout-s", help="time a request head may take (408)")
+    ] = _DEFAULTS.header_timeout_s,
+    body_timeout_s: Annotated[
+        float, typer.Option("--body-timeout-s", help="time a request body may take (408)")
+    ] = _DEFAULTS.body_timeout_s,
+    keep_alive_s: Annotated[
+        float, typer.Option("--keep-alive-s", help="idle keep-alive connections closed after")
+    ] = _DEFAULTS.keep_alive_s,
+    next_timeout_s: Annotated[
+        float, typer.Option("--next-timeout-s", help="longest wait for the next tier")
+    ] = _DEFAULTS.next_timeout_s,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="serve HTTPS: private key (PEM)")
+    ] = None,
+    next_ca: Annotated[
+        Path | None, typer.Option("--next-ca", help="CA bundle verifying an https:// --next")
+    ] = None,
     batch_window_ms: Annotated[
         float, typer.Option("--batch-window-ms", help="batch requests arriving within W ms")
     ] = 0.0,
@@ -73,10 +138,21 @@ def serve(
             start=start,
             stop=stop,
             next_url=next_url,
-            token=token,
+            token=resolve_token(token, token_file),
             max_body_bytes=max_body_bytes,
             batch_window_ms=batch_window_ms,
             speed_factor=speed_factor,
+            next_timeout_s=next_timeout_s,
+            max_rows=max_rows,
+            max_compute_ms=max_compute_ms,
+            max_in_flight=max_in_flight,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
+            keep_alive_s=keep_alive_s,
+            tls_cert=str(tls_cert) if tls_cert is not None else None,
+            tls_key=str(tls_key) if tls_key is not None else None,
+            next_ca=str(next_ca) if next_ca is not None else None,
         )
         serve_main(config, model, host=host, port=port, untrained=untrained)
     except CollabInferError as exc:
@@ -133,7 +209,8 @@ def relay(
 
 async def _run_all(edge: str, model: str, num_inputs: int, link: str, token: str | None,
                    deadline_ms: float, device_factor: float, untrained: bool, cloud: bool,
-                   concurrency: int, data: Path | None) -> tuple[RunSummary, str]:  # fmt: skip
+                   concurrency: int, data: Path | None,
+                   ca: str | None) -> tuple[RunSummary, str]:  # fmt: skip
     if num_inputs < 1:
         raise ConfigError(f"--num-inputs must be >= 1, got {num_inputs}")
     net = load_served_model(model, untrained=untrained)
@@ -148,6 +225,7 @@ async def _run_all(edge: str, model: str, num_inputs: int, link: str, token: str
         device_factor=device_factor,
         token=token,
         deadline_s=deadline_ms / 1e3,
+        ca=ca,
     )
     async with client:
         summary = await client.run_many(test.images, test.labels, concurrency=concurrency)
@@ -165,7 +243,13 @@ def run(
     link: Annotated[
         str, typer.Option(help="initial estimate of the uplink: lte, 3g, wifi")
     ] = "lte",
-    token: Annotated[str | None, typer.Option(help="bearer token the servers expect")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar=TOKEN_ENV, help="bearer token the servers expect")
+    ] = None,
+    token_file: TokenFile = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", help="CA bundle verifying an https:// edge")
+    ] = None,
     deadline_ms: Annotated[
         float, typer.Option(help="per-input budget before local fallback")
     ] = 5000.0,
@@ -189,13 +273,14 @@ def run(
                 model,
                 num_inputs,
                 link,
-                token,
+                resolve_token(token, token_file),
                 deadline_ms,
                 device_factor,
                 untrained,
                 cloud is not None,
                 concurrency,
                 data,
+                str(ca) if ca is not None else None,
             )
         )
     except CollabInferError as exc:
@@ -215,4 +300,6 @@ def run(
     print_table(f"{model} via {edge} (link estimate {link})", columns, [row])
     for plan, count in sorted(summary.plans.items(), key=lambda kv: -kv[1]):
         console.print(f"[dim]{count:>6} x {escape(plan)}[/dim]")
+    for error, count in sorted(summary.errors.items(), key=lambda kv: -kv[1]):
+        console.print(f"[yellow]{count:>6} x finished on the device: {escape(error)}[/yellow]")
     console.print(f"[dim]{labels}[/dim]")

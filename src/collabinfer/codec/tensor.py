@@ -75,6 +75,13 @@ def _numel(shape: Sequence[Any]) -> int:
     return n
 
 
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a 400-digit number in an error
+    message would cost more than the request that sent it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _reject_constant(name: str) -> float:
     raise CodecError(f"header contains non-finite number {name}")
 
@@ -116,8 +123,12 @@ class TensorHeader:
         for p in self.params:
             if isinstance(p, bool) or not isinstance(p, int | float):
                 raise CodecError(f"header params must be numbers, got {p!r}", codec=self.codec)
-            if not math.isfinite(p):
-                raise CodecError(f"header params must be finite, got {p!r}", codec=self.codec)
+            try:
+                finite = math.isfinite(p)
+            except OverflowError:  # an integer too large for a float
+                finite = False
+            if not finite:
+                raise CodecError(f"header params must be finite, got {_short(p)}", codec=self.codec)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "params", tuple(float(p) for p in self.params))
 

@@ -19,14 +19,18 @@ steps the State, and only the hand-off differs. Per input the client
    the later links from the transfer steps the edge reports, and its RTT from a
    background ping (:meth:`DeviceClient._maybe_probe_rtt`).
 
-Failure rules: a connection error, a timeout or a 5xx (a
-:class:`~collabinfer.errors.LinkError`) is retried ``retries`` times with the
-*same* request id (the server answers a repeated id from its cache, never
-computing twice) while the deadline allows, and then the engine finishes the
-input on the device (``fell_back``). A 4xx means this client built a request
-the server refuses: that is a bug here, so it raises
-:class:`~collabinfer.errors.TierError` with the server's message. Every input
-gets exactly one :class:`ClientResult`.
+Failure rules: a connection error, a timeout, a 5xx or an answer that does
+not fit the request (malformed, not finite, the wrong rows or classes, over
+its size cap; checked like a request, :func:`~collabinfer.serve.wire.check_answer`)
+is retried ``retries`` times with the *same* request id (the server answers a
+repeated id with the same body from its cache, never computing twice) while
+the deadline allows; a 4xx is not retried. Then the engine finishes the input
+on the device (``fell_back``) and the result says why in one line
+(``ClientResult.error``; :class:`RunSummary` counts them). Nothing an edge
+answers ends a run: every input gets exactly one :class:`ClientResult`. After
+a failure a :class:`~collabinfer.runtime.breaker.CircuitBreaker` keeps the
+client from posting for a back-off (its trial first pings the health check),
+so a hung edge costs one deadline, not one per input.
 
 Example::
 
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import math
 import time
 import uuid
@@ -52,21 +57,38 @@ import httpx
 import numpy as np
 import torch
 
-from collabinfer.errors import ConfigError, LinkError, LinkTimeout, PlanError, TierError
+from collabinfer.errors import (
+    CollabInferError,
+    ConfigError,
+    LinkError,
+    PlanError,
+    TierError,
+)
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
 from collabinfer.plan.cost import Plan
 from collabinfer.plan.profile import Profile
+from collabinfer.runtime.breaker import CircuitBreaker
 from collabinfer.runtime.engine import Charger, Engine, Handoff
 from collabinfer.runtime.policy import Policy
 from collabinfer.runtime.state import PathEntry, State, Step
-from collabinfer.serve.wire import ResponseBody, decode_response, encode_request, request_header
+from collabinfer.serve.http import client_tls, post_capped
+from collabinfer.serve.wire import (
+    ResponseBody,
+    WireError,
+    answer_cap,
+    check_answer,
+    decode_response,
+    encode_request,
+    request_header,
+)
 from collabinfer.topology.tiers import TierSpec, check_tiers
 
 __all__ = ["ClientResult", "DeviceClient", "RunSummary", "summarise"]
 
 CONTENT_TYPE = "application/octet-stream"
 RTT_WINDOW = 5  # RTT pings whose minimum is one RTT sample (see DeviceClient._maybe_probe_rtt)
+PROBE_TIMEOUT_S = 0.5  # a breaker trial's health check
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,7 @@ class ClientResult:
     emulated_ms: float  # of latency_ms, the sleep that emulates the slower device
     attempts: int  # posts made (0: the plan kept the input on the device)
     exited_early: bool = False  # an exit head on the device answered (nothing more was sent)
+    error: str | None = None  # why the device finished the input itself (one line), if it did
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,7 @@ class RunSummary:
     remote_fallbacks: int  # inputs a server finished because the next tier failed
     wall_s: float
     plans: dict[str, int] = field(default_factory=dict)  # plan description -> inputs
+    errors: dict[str, int] = field(default_factory=dict)  # ClientResult.error -> inputs
 
     @property
     def request_ids(self) -> tuple[str, ...]:
@@ -121,6 +145,7 @@ class _Outcome:
     attempts: int
     bytes_sent: int
     at_s: float  # client clock when the answered attempt started
+    error: str | None = None  # the last failure, when there is no answer
 
 
 class _NotSent(LinkError):
@@ -138,7 +163,9 @@ class DeviceClient:
     (charged profiled time x factor, slept). Pass ``http`` to share one
     connection pool between clients (it is then not closed by :meth:`aclose`).
     Every ``rtt_probe_s`` seconds the client pings the edge in the background
-    for an RTT sample (None: never; see :meth:`_maybe_probe_rtt`).
+    for an RTT sample (None: never; see :meth:`_maybe_probe_rtt`). ``ca`` is the
+    CA bundle that verifies an https:// edge (None: the system's); ``breaker``
+    the circuit breaker towards the edge (default: 1 s back-off, up to 30 s).
     """
 
     def __init__(
@@ -156,6 +183,8 @@ class DeviceClient:
         retries: int = 1,
         http: httpx.AsyncClient | None = None,
         rtt_probe_s: float | None = 1.0,
+        ca: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if len(tiers) < 2:
             raise ConfigError("a device client needs at least one remote tier")
@@ -183,10 +212,15 @@ class DeviceClient:
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         self._own_http = http is None
+        self._verify = client_tls(ca)
         self._http = http or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
             trust_env=False,  # an HTTP(S)_PROXY meant for the internet must not catch the tiers
+            verify=self._verify,
         )
+        self.breaker = breaker or CircuitBreaker()
+        out_shape = self.model.cut_points()[-1].shape
+        self._classes = math.prod(out_shape)
         self._t0 = time.perf_counter()
         self.rtt_probe_s = rtt_probe_s
         self._probe_http: httpx.AsyncClient | None = None
@@ -277,16 +311,27 @@ class DeviceClient:
             emulated_ms=emulated,
             attempts=outcome.attempts,
             exited_early=state.exited_early,
+            error=outcome.error if answer is None else None,
         )
 
     async def _post(self, state: State, handoff: Handoff, t_start: float) -> _Outcome:
-        """Post with retries under the deadline; no answer means the device finishes itself."""
+        """Post with retries under the deadline; no answer means the device finishes itself.
+
+        Never raises for what the edge does: every failure is the outcome's ``error``.
+        """
         sent = 0
         attempts = 0
+        error = None
         header = request_header(state, handoff, self.model_name, self.weights)
+        rows = handoff.encoded.header.shape[0]
+        permit = self.breaker.allow()
+        if permit == "refuse":
+            wait = self.breaker.retry_in_s()
+            return _Outcome(None, 0, 0, 0.0, f"edge failed recently (next trial in {wait:.1f} s)")
         for _ in range(self.retries + 1):
             left_s = self.deadline_s - (time.perf_counter() - t_start)
             if left_s <= 0:
+                error = error or "deadline spent before the post"
                 break
             attempts += 1
             body = encode_request(
@@ -295,44 +340,61 @@ class DeviceClient:
             at_s = self.now_s()
             t0 = time.perf_counter()
             try:
-                answer = await self._attempt(body, left_s, header.request_id)
-            except _NotSent:
+                if permit == "trial":
+                    await self._probe_health(min(left_s, PROBE_TIMEOUT_S))
+                answer = await self._attempt(body, left_s, header.request_id, rows)
+            except _NotSent as e:
+                error = e.message
                 continue
-            except LinkError:
+            except LinkError as e:
                 sent += len(body)
+                error = e.message
                 continue
+            except TierError as e:  # refused: a retry would be refused too
+                sent += len(body)
+                error = e.message
+                break
             sent += len(body)
+            self.breaker.success()
             network_s = max(0.0, time.perf_counter() - t0 - answer.server_ms / 1e3)
             self.engine.delivered(
                 state, handoff, network_s, nbytes=len(body), round_trip=True, at_s=at_s
             )
             return _Outcome(answer, attempts, sent, at_s)
-        return _Outcome(None, attempts, sent, 0.0)
+        self.breaker.failure()
+        return _Outcome(None, attempts, sent, 0.0, error)
 
-    async def _attempt(self, body: bytes, timeout_s: float, request_id: str) -> ResponseBody:
-        """One post: the answer, a :class:`LinkError` the device recovers from by itself
-        (unreachable, timed out, 5xx), or a :class:`TierError` (a 4xx: our bug)."""
+    async def _probe_health(self, timeout_s: float) -> None:
+        """A breaker trial pings the edge's health check first: a frozen edge costs this."""
         try:
-            resp = await self._http.post(
-                self.endpoint, content=body, headers=self._headers, timeout=timeout_s
+            r = await self._http.get(f"{self.url}/v2/health/ready", timeout=timeout_s)
+        except httpx.HTTPError as e:
+            raise _NotSent(f"edge still down: {type(e).__name__}", url=self.url) from None
+        if r.status_code != 200:
+            raise _NotSent(f"edge not ready: HTTP {r.status_code}", url=self.url)
+
+    async def _attempt(
+        self, body: bytes, timeout_s: float, request_id: str, rows: int
+    ) -> ResponseBody:
+        """One post: an answer that fits the request, a :class:`LinkError` (unreachable,
+        timed out, 5xx, an answer that does not fit) or a :class:`TierError` (a 4xx)."""
+        try:
+            code, content = await post_capped(
+                self._http, self.endpoint, body, self._headers, timeout_s, answer_cap(rows)
             )
         except httpx.ConnectError as e:
             raise _NotSent(f"connect: {e}", url=self.url) from None
-        except httpx.TimeoutException as e:
-            raise LinkTimeout(f"{type(e).__name__}: {e}", url=self.url) from None
         except httpx.TransportError as e:
             raise LinkError(f"{type(e).__name__}: {e}", url=self.url) from None
-        if resp.status_code >= 500:
-            raise LinkError(f"HTTP {resp.status_code}", url=self.url)
-        if resp.status_code != 200:
-            raise TierError(
-                _error_message(resp), status=resp.status_code, request_id=request_id, url=self.url
-            )
-        answer = decode_response(resp.content)
-        if answer.request_id != request_id:
-            raise TierError(
-                f"answer is for request {answer.request_id!r}", request_id=request_id, url=self.url
-            )
+        if code >= 500:
+            raise LinkError(f"HTTP {code}: {_error_text(content)}", url=self.url)
+        if code != 200:
+            raise TierError(f"HTTP {code}: {_error_text(content)}", status=code, url=self.url)
+        try:
+            answer = decode_response(content)
+            check_answer(answer, request_id, rows, self._classes)
+        except WireError as e:
+            raise LinkError(e.message, url=self.url) from None
         return answer
 
     def _maybe_probe_rtt(self) -> None:
@@ -406,9 +468,12 @@ class DeviceClient:
                     progress(done_count, res)
 
         t0 = time.perf_counter()
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(concurrency, max(1, len(xs)))):
-                tg.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(concurrency, max(1, len(xs)))):
+                    tg.create_task(worker())
+        except* CollabInferError as group:  # one clean error for the CLI, not a group
+            raise _first(group) from None
         wall = time.perf_counter() - t0
         done = [r for r in results if r is not None]
         if len(done) != len(xs) or len({r.request_id for r in done}) != len(xs):
@@ -431,15 +496,24 @@ def summarise(results: Sequence[ClientResult], labels: Sequence[int], wall_s: fl
         remote_fallbacks=sum(r.remote_fell_back for r in results),
         wall_s=wall_s,
         plans=dict(Counter(r.plan.describe() for r in results)),
+        errors=dict(Counter(r.error for r in results if r.error is not None)),
     )
 
 
-def _error_message(resp: httpx.Response) -> str:
+def _first(group: BaseExceptionGroup[CollabInferError]) -> CollabInferError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, CollabInferError)
+    return exc
+
+
+def _error_text(content: bytes) -> str:
+    """The ``error`` of a JSON error reply, else an excerpt; one line, ASCII, short."""
     try:
-        obj = resp.json()
-        msg = f"HTTP {resp.status_code}: {obj.get('error')}"
-        if obj.get("field"):
-            msg += f" (field {obj['field']})"
-        return msg
-    except ValueError:
-        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        obj = json.loads(content)
+        text = str(obj.get("error")) if isinstance(obj, dict) else content[:200].decode()
+    except (ValueError, UnicodeDecodeError):
+        text = content[:200].decode("utf-8", "replace")
+    text = " ".join(text.split())[:200]
+    return text.encode("ascii", "backslashreplace").decode()

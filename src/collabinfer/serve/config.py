@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from collabinfer.errors import ConfigError
-from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES
+from collabinfer.serve.wire import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_ROWS,
+)
 
 __all__ = ["TIER_INDEX", "ServerConfig", "parse_blocks"]
 
@@ -20,7 +24,18 @@ TIER_INDEX = {"device": 0, "edge": 1, "cloud": 2}
 @dataclass(frozen=True)
 class ServerConfig:
     """How one tier server runs. ``stop=None`` hosts up to the last block;
-    ``tier_index=None`` serves whatever tier index a request names."""
+    ``tier_index=None`` serves whatever tier index a request names.
+
+    The limits bound what one request, one client and one connection may cost
+    (``docs/serving.md``, "Limits"): a request over ``max_rows``,
+    ``max_decoded_bytes`` or ``max_compute_ms`` is refused (413) before any
+    payload byte is decoded; beyond ``max_in_flight`` requests are shed (503 with
+    ``Retry-After``); a connection must send its headers within
+    ``header_timeout_s`` and its body within ``body_timeout_s``, is closed after
+    ``keep_alive_s`` idle, and beyond ``max_connections`` new ones are refused.
+    ``auth_failures`` wrong tokens from one address within ``auth_window_s`` make
+    it wait (429) for the rest of the window.
+    """
 
     tier_name: str
     tier_index: int | None = None
@@ -33,7 +48,22 @@ class ServerConfig:
     max_batch: int = 32
     next_timeout_s: float = 10.0
     speed_factor: float = 1.0  # > 1: charged profiled time x factor, slept, labelled
-    cache_size: int = 1024  # answers kept for retries, by request_id
+    cache_size: int = 1024  # answers kept for retries, by request_id and body digest
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_compute_ms: float = 2000.0  # estimated from the profile: rows x batch-1 block times
+    max_in_flight: int = 64
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
+    auth_failures: int = 20
+    auth_window_s: float = 60.0
+    breaker_base_s: float = 1.0  # the next tier, after a failure: back off, then one trial
+    breaker_max_s: float = 30.0
+    tls_cert: str | None = None  # serve HTTPS with this certificate chain (PEM) ...
+    tls_key: str | None = None  # ... and its private key
+    next_ca: str | None = None  # CA bundle to verify an https:// next tier (None: system CAs)
 
     def __post_init__(self) -> None:
         if not self.tier_name:
@@ -52,6 +82,19 @@ class ServerConfig:
             raise ConfigError("batch_window_ms must be >= 0 and next_timeout_s > 0")
         if not self.speed_factor >= 1.0:
             raise ConfigError(f"speed_factor must be >= 1 (a slower tier), got {self.speed_factor}")
+        counts = ("max_rows", "max_decoded_bytes", "max_in_flight", "max_connections")
+        for name in (*counts, "auth_failures"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        seconds = ("max_compute_ms", "header_timeout_s", "body_timeout_s", "keep_alive_s")
+        for name in (*seconds, "auth_window_s", "breaker_base_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.breaker_max_s >= self.breaker_base_s:
+            raise ConfigError("breaker_max_s must be >= breaker_base_s")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
 
 
 def parse_blocks(spec: str | None) -> tuple[int, int | None]:

@@ -37,6 +37,7 @@ def adaptive_client(
     token: str | None = None,
     deadline_s: float = 5.0,
     profile_repeats: int = 20,
+    ca: str | None = None,
 ) -> DeviceClient:
     """A client re-planning per input; ``with_cloud``: the edge forwards to a cloud, so
     the planner must know it is there (the edge reaches it itself)."""
@@ -49,5 +50,13 @@ def adaptive_client(
         estimators.append(LinkEstimator(get_profile("wan"), recovery_s=2.0))
     policy = AdaptivePolicy(Planner(prof, tiers), estimators)
     return DeviceClient(
-        net, model_name, edge_url, policy, tiers, profile=prof, token=token, deadline_s=deadline_s
+        net,
+        model_name,
+        edge_url,
+        policy,
+        tiers,
+        profile=prof,
+        token=token,
+        deadline_s=deadline_s,
+        ca=ca,
     )

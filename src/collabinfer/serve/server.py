@@ -6,6 +6,12 @@ tests and benchmarks); what a tier does with a request lives in
 :mod:`~collabinfer.serve.handler`. Compute runs on a worker thread
 (:mod:`~collabinfer.serve.batching`), so the health endpoints answer during it.
 Metrics live on a per-app registry (:mod:`~collabinfer.serve.metrics`).
+Everything but the health checks needs the token when one is set: the model
+list, ``/metrics`` and the OpenAPI schema (``/openapi.json``, ``/docs``), which
+describes the binary request and the JSON answer (:mod:`~collabinfer.serve.openapi`).
+Both ways of running it use one uvicorn configuration
+(:func:`~collabinfer.serve.http.uvicorn_config`: header deadline, keep-alive
+timeout, connection cap, strict HTTP, TLS).
 
 Example::
 
@@ -17,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import socket
 import threading
 import time
@@ -26,8 +34,10 @@ from typing import Any
 
 import httpx
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError, TierError
 from collabinfer.model.blocks import BlockNet
@@ -37,6 +47,8 @@ from collabinfer.model.zoo import create_model, model_spec
 from collabinfer.plan.profile import Profile
 from collabinfer.serve.config import TIER_INDEX, ServerConfig
 from collabinfer.serve.handler import TierHandler, error_response
+from collabinfer.serve.http import uvicorn_config
+from collabinfer.serve.openapi import INFER_OPENAPI
 from collabinfer.serve.wire import WireError
 from collabinfer.train import DEFAULT_CONFIGS, load_trained
 from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
@@ -73,7 +85,13 @@ def create_app(
         finally:
             await server.shutdown()
 
-    app = FastAPI(title=f"collabinfer tier {config.tier_name}", lifespan=lifespan)
+    app = FastAPI(
+        title=f"collabinfer tier {config.tier_name}",
+        lifespan=lifespan,
+        docs_url=None,  # served below, behind the token
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.tier_server = server
 
     async def on_wire_error(request: Request, exc: Exception) -> Response:
@@ -103,13 +121,24 @@ def create_app(
             raise WireError(f"unknown model {name!r}; hosted: {server.hosted.name}", 404, "model")
         return server.metadata()
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(name: str, request: Request) -> Response:
         return await server.infer(name, request)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        server.authorize(request)
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        server.authorize(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        server.authorize(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     return app
 
@@ -173,10 +202,34 @@ def serve_main(
     seed: int = 0,
 ) -> None:
     """Load the model and serve it with uvicorn until interrupted (the CLI's body)."""
-    import uvicorn
-
     app = create_app(config, load_served_model(model_name, untrained, seed), model_name)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    _raise_fd_limit()
+    uvicorn.Server(server_config(app, config, host, port)).run()
+
+
+def server_config(
+    app: FastAPI, config: ServerConfig, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
+    """The uvicorn configuration of a tier: its connection limits and TLS files."""
+    return uvicorn_config(
+        app,
+        host,
+        port,
+        header_timeout_s=config.header_timeout_s,
+        keep_alive_s=config.keep_alive_s,
+        max_connections=config.max_connections,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        log_level=log_level,
+    )
+
+
+def _raise_fd_limit() -> None:
+    """Let the connection cap, not the soft file-descriptor limit, bound connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -193,11 +246,11 @@ def serve_in_thread(
     """Run ``app`` under uvicorn on a real socket in a background thread; yields its URL.
 
     Port 0 picks a free port. The server is stopped (and the thread joined) on exit.
+    The tier's own connection limits and TLS apply (from its handler's config).
     """
-    import uvicorn
-
-    cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(cfg)
+    handler = getattr(app.state, "tier_server", None)
+    config = handler.config if isinstance(handler, TierHandler) else ServerConfig("test")
+    server = uvicorn.Server(server_config(app, config, host, port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="collabinfer-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout_s
@@ -207,7 +260,8 @@ def serve_in_thread(
                 raise TierError(f"uvicorn did not start on {host}:{port}")
             time.sleep(0.005)
         bound = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://{host}:{bound}"
+        scheme = "https" if config.tls_cert is not None else "http"
+        yield f"{scheme}://{host}:{bound}"
     finally:
         server.should_exit = True
         thread.join(timeout=start_timeout_s)

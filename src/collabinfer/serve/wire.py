@@ -23,18 +23,20 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from dataclasses import replace as _replace
 from typing import Any
 
 import torch
 
 from collabinfer.codec import Encoded, TensorHeader, get_codec, list_codecs
-from collabinfer.codec.tensor import _reject_constant, _unique_keys
+from collabinfer.codec.tensor import _numel, _reject_constant, _short, _unique_keys
 from collabinfer.errors import CodecError, PlanError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import weights_hash
@@ -46,15 +48,27 @@ PROTOCOL = 1
 MAGIC = b"CIW1"
 MAX_HEADER_BYTES = 65_536
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+DEFAULT_MAX_ROWS = 64
+"""Batch rows one request may carry: with the cut's size this bounds decode and compute."""
+DEFAULT_MAX_DECODED_BYTES = 64 * 2**20
+"""float32 bytes the payload may decode to (checked from the header, before decoding)."""
+MAX_DEADLINE_MS = 86_400_000.0
+"""A day: a larger ``deadline_ms`` is a typo or an attack, never a budget."""
+MAX_ANSWER_ROW_BYTES = 64 * 2**10
+"""JSON bytes an answer may spend per batch row (plus a fixed allowance), read capped."""
 _PREFIX = struct.Struct(">4sI")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REASONS = {
     400: "bad_request",
     401: "unauthorized",
     404: "unknown_model",
-    409: "weights_mismatch",
+    408: "timeout",
+    409: "conflict",
     413: "too_large",
     422: "unprocessable",
+    429: "throttled",
+    499: "abandoned",
+    503: "overloaded",
     502: "bad_gateway",
     504: "gateway_timeout",
 }
@@ -64,10 +78,19 @@ _TENSOR_KEYS = frozenset(f.name for f in fields(TensorHeader))
 class WireError(TierError):
     """A request refused (or failed) with an HTTP status; ``field`` names what was wrong."""
 
-    def __init__(self, message: str, status: int, field: str | None = None, **context: object):
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        field: str | None = None,
+        *,
+        retry_after_s: float | None = None,
+        **context: object,
+    ):
         super().__init__(message, **context)
         self.status = status
         self.field = field
+        self.retry_after_s = retry_after_s  # a 429 or 503 says when to come back
 
     @property
     def reason(self) -> str:
@@ -155,8 +178,11 @@ class RequestHeader:
             raise _bad(f"path must be a list, got {self.path!r}", "path")
         object.__setattr__(self, "path", tuple(_path_entry(p) for p in self.path))
         d = self.deadline_ms
-        if d is not None and not ((_is_int(d) or isinstance(d, float)) and 0 <= d < math.inf):
-            raise _bad(f"deadline_ms must be null or a number >= 0, got {self.deadline_ms!r}")
+        if d is not None:
+            if not ((_is_int(d) or isinstance(d, float)) and 0 <= d <= MAX_DEADLINE_MS):
+                msg = f"deadline_ms must be null or a number in [0, {MAX_DEADLINE_MS:.0f}]"
+                raise _bad(f"{msg}, got {_short(d)}", "deadline_ms")
+            object.__setattr__(self, "deadline_ms", float(d))  # bounded: the cast is exact enough
 
     def to_json_bytes(self) -> bytes:
         """Compact JSON, sorted keys: the same header always gives the same bytes."""
@@ -266,8 +292,43 @@ def decode_request(body: bytes, max_body_bytes: int) -> tuple[RequestHeader, byt
             parse_constant=_reject_constant,
         )
     except (ValueError, RecursionError, CodecError) as e:
-        raise _bad(f"header is not valid JSON: {e}", "header") from None
+        raise _bad(f"header is not valid JSON: {_short(str(e), 200)}", "header") from None
+    _check_text(obj)
     return RequestHeader.from_json_obj(obj), bytes(body[_PREFIX.size + hlen :])
+
+
+def _check_text(obj: object, depth: int = 0) -> None:
+    """Every string in a parsed header (keys too) must be encodable UTF-8: JSON lets
+    ``"\\ud800"`` through, and a lone surrogate echoed in an error reply cannot be sent."""
+    if depth > 32:  # the header schema nests 3 deep; anything deeper is refused below
+        raise _bad("header nests too deep", "header")
+    items: list[object]
+    if isinstance(obj, str):
+        items = []
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad("header has a string that is not valid unicode", "header") from None
+    elif isinstance(obj, dict):
+        items = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list):
+        items = obj
+    else:
+        return
+    for item in items:
+        _check_text(item, depth + 1)
+
+
+def request_digest(header: RequestHeader, payload: bytes) -> str:
+    """What a retry must repeat: the header (less the deadline, which a retry
+    shortens) and the payload, hashed. The idempotency cache keys on it."""
+    h = hashlib.sha256(RequestHeader.to_json_bytes(_without_deadline(header)))
+    h.update(payload)
+    return h.hexdigest()
+
+
+def _without_deadline(header: RequestHeader) -> RequestHeader:
+    return header if header.deadline_ms is None else _replace(header, deadline_ms=None)
 
 
 @dataclass(frozen=True)
@@ -275,6 +336,8 @@ class HostedModel:
     """What a server hosts, and the semantic checks a request must pass (404, 409, 422).
 
     ``tier`` is the index this server plays in a plan, or None to take the header's word.
+    ``max_rows`` and ``max_decoded_bytes`` bound the work one request may ask for;
+    both are checked from the header, before a payload byte is decoded.
     """
 
     name: str
@@ -286,10 +349,20 @@ class HostedModel:
     codecs: tuple[str, ...]
     dtype: str = "float32"
     tier: int | None = None
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
 
     @classmethod
     def from_model(
-        cls, name: str, model: BlockNet, start: int, stop: int, tier: int | None = None
+        cls,
+        name: str,
+        model: BlockNet,
+        start: int,
+        stop: int,
+        tier: int | None = None,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> HostedModel:
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None else torch.float32
@@ -303,7 +376,14 @@ class HostedModel:
             codecs=tuple(list_codecs()),
             dtype=str(dtype).removeprefix("torch."),
             tier=tier,
+            max_rows=max_rows,
+            max_decoded_bytes=max_decoded_bytes,
         )
+
+    @property
+    def num_classes(self) -> int:
+        """Logits per row of an answer: the size of the last cut."""
+        return math.prod(self.cut_shapes[-1])
 
     def end_of(self, header: RequestHeader) -> int:
         """The cut at which the header's plan says this tier stops running blocks."""
@@ -332,8 +412,20 @@ class HostedModel:
         if len(t.shape) != len(want) + 1 or t.shape[1:] != want:
             msg = f"shape {list(t.shape)} is not (batch, *{list(want)}) at cut {k}"
             raise WireError(msg, 422, "tensor.shape")
+        rows = t.shape[0]
+        if rows > self.max_rows:
+            msg = f"batch of {rows} rows, this server takes at most {self.max_rows} per request"
+            raise WireError(msg, 413, "tensor.shape")
+        decoded = 4 * _numel(t.shape)  # float32 after decoding, whatever the wire carried
+        if decoded > self.max_decoded_bytes:
+            msg = f"payload decodes to {decoded} bytes, at most {self.max_decoded_bytes}"
+            raise WireError(msg, 413, "tensor.shape")
         codec = get_codec(t.codec)
-        need = codec.payload_size(t.shape)  # exact, or an upper bound for variable-size codecs
+        try:  # exact, or an upper bound for variable-size codecs; refuses a shape it cannot carry
+            need = codec.payload_size(t.shape)
+        except CodecError as e:
+            msg = f"codec {t.codec} cannot carry cut {k}: {e.message}"
+            raise WireError(msg, 422, "tensor.codec") from None
         if len(payload) != need if codec.fixed_size else len(payload) > need:
             relation = "needs" if codec.fixed_size else "allows at most"
             msg = f"payload is {len(payload)} bytes, codec {t.codec} {relation} {need}"
@@ -349,9 +441,15 @@ class HostedModel:
             msg = f"tier {header.tier} is not in a {plan.num_tiers}-tier plan"
             raise WireError(msg, 422, "tier")
         for sender, _, cut in transfers(plan.boundaries):
-            if plan.codecs[sender] not in self.codecs:
+            name = plan.codecs[sender]
+            if name not in self.codecs:
                 msg = f"plan: tier {sender} sends cut {cut} with unknown codec"
-                raise WireError(f"{msg} {plan.codecs[sender]!r}", 422, "plan")
+                raise WireError(f"{msg} {name!r}", 422, "plan")
+            try:  # checked now, not when the blocks before the cut have already run
+                get_codec(name).payload_size((1, *self.cut_shapes[cut]))
+            except CodecError as e:
+                msg = f"plan: codec {name} cannot carry cut {cut}: {e.message}"
+                raise WireError(msg, 422, "plan") from None
         if k >= self.num_blocks or k != plan.boundaries[header.tier]:
             msg = f"next_block {k}: the plan has tier {header.tier} start at cut"
             raise WireError(f"{msg} {plan.boundaries[header.tier]}", 422, "next_block")
@@ -440,31 +538,81 @@ def encode_response(body: ResponseBody) -> bytes:
 
 
 def decode_response(data: bytes) -> ResponseBody:
-    """Parse a tier's answer; anything malformed is a 502 :class:`WireError` (bad gateway)."""
+    """Parse a tier's answer; anything malformed is a 502 :class:`WireError` (bad gateway).
+
+    Structure only, plus finiteness (``1e400`` parses as infinity); whether the
+    answer fits the request is :func:`check_answer`'s job.
+    """
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, parse_constant=_reject_constant)
         steps = tuple(
             Step(
                 StepKind(s["kind"]),
-                int(s["tier"]),
-                float(s["ms"]),
+                _int(s["tier"]),
+                _finite(s["ms"]),
                 s["block"],
-                int(s["nbytes"]),
-                float(s["wall_ms"]),
+                _int(s["nbytes"]),
+                _finite(s["wall_ms"]),
             )
             for s in obj["steps"]
         )
         if not all(s.block is None or _is_int(s.block) for s in steps):
             raise ValueError("step blocks must be ints or null")
+        if not isinstance(obj["fell_back"], bool) or not isinstance(obj["request_id"], str):
+            raise ValueError("fell_back must be a bool and request_id a string")
         return ResponseBody(
-            request_id=str(obj["request_id"]),
-            tier=int(obj["tier"]),
-            output=tuple(tuple(float(v) for v in row) for row in obj["output"]),
-            prediction=tuple(int(p) for p in obj["prediction"]),
+            request_id=obj["request_id"],
+            tier=_int(obj["tier"]),
+            output=tuple(tuple(_finite(v) for v in row) for row in obj["output"]),
+            prediction=tuple(_int(p) for p in obj["prediction"]),
             path=tuple(_path_entry(p) for p in obj["path"]),
             steps=steps,
-            server_ms=float(obj["server_ms"]),
-            fell_back=bool(obj["fell_back"]),
+            server_ms=_finite(obj["server_ms"]),
+            fell_back=obj["fell_back"],
         )
-    except (ValueError, TypeError, KeyError, AttributeError, WireError) as e:
-        raise WireError(f"malformed response from a tier: {e}", 502, "response") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, CodecError) as e:
+        raise WireError(
+            f"malformed response from a tier: {_short(str(e), 200)}", 502, "response"
+        ) from None
+    except WireError as e:
+        raise WireError(f"malformed response from a tier: {e.message}", 502, "response") from None
+
+
+def _int(v: object) -> int:
+    if not _is_int(v):
+        raise ValueError(f"expected an int, got {_short(v)}")
+    assert isinstance(v, int)
+    return v
+
+
+def _finite(v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"expected a number, got {_short(v)}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ValueError(f"number out of range: {_short(v)}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"number not finite: {_short(v)}")
+    return f
+
+
+def check_answer(answer: ResponseBody, request_id: str, rows: int, classes: int) -> None:
+    """An answer must fit the request it answers, as strictly as a request fits a model:
+    the same id, one row of ``classes`` logits per input row, a prediction per row.
+    A misfit is a 502 :class:`WireError`: the sender falls back, it never relays it."""
+    problem = None
+    if answer.request_id != request_id:
+        problem = f"it answers request {_short(answer.request_id)}, not {request_id!r}"
+    elif len(answer.output) != rows or any(len(r) != classes for r in answer.output):
+        got = f"{len(answer.output)} rows"
+        problem = f"{got} of logits where the request had {rows} rows of {classes} classes"
+    elif len(answer.prediction) != rows or not all(0 <= p < classes for p in answer.prediction):
+        problem = f"predictions {_short(answer.prediction)} do not fit {rows} rows of {classes}"
+    if problem is not None:
+        raise WireError(f"bad answer from the next tier: {problem}", 502, "response")
+
+
+def answer_cap(rows: int) -> int:
+    """Bytes an answer for ``rows`` rows may take (read capped: a flood is refused)."""
+    return 65_536 + rows * MAX_ANSWER_ROW_BYTES
