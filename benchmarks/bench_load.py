@@ -1,4 +1,4 @@
-"""Load on one edge server: throughput and p95 latency for 1, 4, 16 devices, batching on/off.
+"""Load on one edge server: throughput and p95 latency for 1, 4, 16, 64 devices, batching on/off.
 
 Setup (all on loopback, no shaping relay: this measures the server, not a link):
 
@@ -26,7 +26,7 @@ Setup (all on loopback, no shaping relay: this measures the server, not a link):
   warm-up.
 
 The machine this was written on has 2 cores: the server process gets one, the
-clients the other, so at N=16 the clients' own Python work is part of what is
+clients the other, so at N=16 and 64 the clients' own Python work is part of what is
 measured. Run::
 
     PYTHONPATH=src python benchmarks/bench_load.py [--cut raw|stem] [--seconds 5] [--out rows.json]
@@ -185,7 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="fmnist-resnet")
     ap.add_argument("--cut", choices=("raw", "stem"), default="raw")
-    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--clients", default="1,4,16,64")
     ap.add_argument("--window-ms", type=float, default=5.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=None)

@@ -92,13 +92,22 @@ def test_a_half_sent_body_gets_408() -> None:
         assert _status(reply) == 408 and b"body not complete" in reply
 
 
-def test_beyond_the_connection_cap_a_new_connection_is_refused_then_served_again() -> None:
-    with tier(max_connections=3, header_timeout_s=60.0) as addr:
+def test_at_the_connection_cap_idle_connections_make_room_busy_ones_do_not() -> None:
+    """The review's lock-out: idle sockets up to the cap. A new client evicts the
+    oldest idle one (408); only when every connection is mid-request is it refused."""
+    with tier(max_connections=3, header_timeout_s=60.0, body_timeout_s=60.0) as addr:
         held = [_connect(addr) for _ in range(3)]
         time.sleep(0.1)  # the server has accepted them
+        with httpx.Client(trust_env=False) as client:
+            assert client.get(f"http://{addr[0]}:{addr[1]}/v2/health/ready").status_code == 200
+        assert _status(_read_all(held[0])) == 408  # the oldest idle one made room
+        busy = held[1:] + [_connect(addr)]
+        for s in busy:  # each in the middle of a request body
+            s.sendall(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n".encode())
+        time.sleep(0.1)
         extra = _connect(addr)
         assert _status(_read_all(extra)) == 503
-        for s in held:
+        for s in busy:
             s.close()
         time.sleep(0.1)
         with httpx.Client(trust_env=False) as client:

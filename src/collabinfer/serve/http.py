@@ -7,8 +7,10 @@ a second keeps its connection forever) and no cap on open connections (idle
 sockets exhaust the file descriptors and lock out everyone, the health check
 too). :class:`GuardedH11Protocol` adds both: a connection must complete each
 request head within ``header_timeout_s`` of its first byte (or of the
-connection opening) or it gets a 408 and is closed, and beyond
-``max_connections`` a new connection gets a 503 and is closed at once. The
+connection opening) or it gets a 408 and is closed; at ``max_connections`` a
+new connection evicts the oldest one that is waiting for a request head (idle,
+or trickling one), so a pile of idle sockets cannot lock anyone out, and only
+when every connection is busy with a request is the new one refused (503). The
 body's deadline is the handler's (``body_timeout_s``), which reads the body
 itself. :class:`StrictHTTP` refuses what h11 lets through but a server on a
 network should not: versions other than HTTP/1.0 and 1.1 (505), and a request
@@ -63,14 +65,36 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
     max_connections: int = 512
     _header_timer: asyncio.TimerHandle | None = None
+    _opened_at: float = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.server_state.connections) >= self.max_connections:
+        if len(self.server_state.connections) >= self.max_connections and not self._evict_one():
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n" + _CLOSE)
             transport.close()
             return
         super().connection_made(transport)
+        self._opened_at = self.loop.time()
         self._arm_header_timer()
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection waiting for a request head; False if none is."""
+        waiting = [
+            c
+            for c in self.server_state.connections
+            if isinstance(c, GuardedH11Protocol)
+            and c.conn.their_state is h11.IDLE
+            and (c.cycle is None or c.cycle.response_complete)
+            and not c.transport.is_closing()
+        ]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c._opened_at)
+        oldest._cancel_header_timer()
+        oldest._unset_keepalive_if_required()
+        oldest.transport.write(b"HTTP/1.1 408 Request Timeout\r\n" + _CLOSE)
+        oldest.transport.close()
+        self.server_state.connections.discard(oldest)  # its slot is free now
+        return True
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
