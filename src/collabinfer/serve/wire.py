@@ -30,7 +30,6 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from dataclasses import replace as _replace
 from typing import Any
 
 import torch
@@ -184,9 +183,10 @@ class RequestHeader:
                 raise _bad(f"{msg}, got {_short(d)}", "deadline_ms")
             object.__setattr__(self, "deadline_ms", float(d))  # bounded: the cast is exact enough
 
-    def to_json_bytes(self) -> bytes:
-        """Compact JSON, sorted keys: the same header always gives the same bytes."""
-        obj = {
+    def to_json_bytes(self, *, deadline: bool = True) -> bytes:
+        """Compact JSON, sorted keys: the same header always gives the same bytes
+        (``deadline=False``: without ``deadline_ms``, what a retry repeats)."""
+        obj: dict[str, object] = {
             "protocol": self.protocol,
             "model": self.model,
             "weights": self.weights,
@@ -198,6 +198,8 @@ class RequestHeader:
             "path": [list(p) for p in self.path],
             "deadline_ms": self.deadline_ms,
         }
+        if not deadline:
+            del obj["deadline_ms"]
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -293,7 +295,8 @@ def decode_request(body: bytes, max_body_bytes: int) -> tuple[RequestHeader, byt
         )
     except (ValueError, RecursionError, CodecError) as e:
         raise _bad(f"header is not valid JSON: {_short(str(e), 200)}", "header") from None
-    _check_text(obj)
+    if b"\\u" in raw:  # only a \u escape can smuggle a surrogate past strict UTF-8
+        _check_text(obj)
     return RequestHeader.from_json_obj(obj), bytes(body[_PREFIX.size + hlen :])
 
 
@@ -322,13 +325,9 @@ def _check_text(obj: object, depth: int = 0) -> None:
 def request_digest(header: RequestHeader, payload: bytes) -> str:
     """What a retry must repeat: the header (less the deadline, which a retry
     shortens) and the payload, hashed. The idempotency cache keys on it."""
-    h = hashlib.sha256(RequestHeader.to_json_bytes(_without_deadline(header)))
+    h = hashlib.sha256(header.to_json_bytes(deadline=False))
     h.update(payload)
     return h.hexdigest()
-
-
-def _without_deadline(header: RequestHeader) -> RequestHeader:
-    return header if header.deadline_ms is None else _replace(header, deadline_ms=None)
 
 
 @dataclass(frozen=True)
