@@ -25,7 +25,7 @@ from collabinfer.runtime.breaker import CircuitBreaker
 from collabinfer.runtime.estimator import LinkEstimator
 from collabinfer.runtime.state import StepKind
 from collabinfer.serve import ServerConfig, create_app, decode_request
-from collabinfer.serve.client import ClientResult, DeviceClient
+from collabinfer.serve.client import ClientResult, DeviceClient, RunSummary
 from collabinfer.topology.links import LinkProfile, wire_bytes
 from collabinfer.topology.tiers import TierSpec
 
@@ -406,3 +406,46 @@ def test_run_cli_against_a_live_edge(tiny_net: BlockNet, start_server) -> None:
     assert re.search(r"8 x -\w+-> t1\[0:4\]", res.output), res.output
     bad = CliRunner().invoke(app, ["run", "--edge", edge.url, "--model", "nope", "--untrained"])
     assert bad.exit_code == 2 and "error" in bad.output
+
+
+HOSTILE_EDGE = {
+    "not json": b"\x00garbage",
+    "1e400": b'{"request_id": "x", "tier": 1, "output": [[1e400]], "prediction": [0], "path": [],'
+    b' "steps": [], "server_ms": 1.0, "fell_back": false}',
+    "no rows": None,  # filled per request below: a well-formed answer with 0 rows
+    "wrong id": None,
+    "huge": b"[" + b"0," * 3_000_000 + b"0]",
+}
+
+
+def test_no_answer_from_the_edge_ends_a_run(tiny_net: BlockNet) -> None:
+    """The review's case: one malformed 200 ended `collabinfer run` with a traceback.
+    Now every input is answered on the device, with its reason counted."""
+
+    def hostile(kind: str) -> httpx.MockTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            if kind in ("no rows", "wrong id"):
+                header, _ = decode_request(request.content, 2**20)
+                rid = "someone-else" if kind == "wrong id" else header.request_id
+                rows = [] if kind == "no rows" else [[0.0] * 10]
+                body = {"request_id": rid, "tier": 1, "output": rows, "prediction": [0] * len(rows),
+                        "path": [], "steps": [], "server_ms": 1.0, "fell_back": False}  # fmt: skip
+                return httpx.Response(200, json=body)
+            return httpx.Response(200, content=HOSTILE_EDGE[kind])
+
+        return httpx.MockTransport(answer)
+
+    planner = two_tier_planner(tiny_net)
+    xs, ys = grid_images(3), [0, 1, 2]
+    for kind in HOSTILE_EDGE:
+
+        async def go(kind: str) -> RunSummary:
+            async with httpx.AsyncClient(transport=hostile(kind)) as http:
+                client = device_client(tiny_net, "tiny-cnn", "http://edge", planner,
+                                       estimators(LOOPBACK), http=http, retries=0)  # fmt: skip
+                return await client.run_many(xs, ys, concurrency=2)
+
+        summary = asyncio.run(go(kind))
+        assert len(summary.results) == 3 and summary.fallbacks == 3, kind
+        assert sum(summary.errors.values()) == 3, kind
+        assert all(r.answered_by == 0 and r.error for r in summary.results), kind

@@ -101,7 +101,7 @@ def test_at_the_connection_cap_idle_connections_make_room_busy_ones_do_not() -> 
         with httpx.Client(trust_env=False) as client:
             assert client.get(f"http://{addr[0]}:{addr[1]}/v2/health/ready").status_code == 200
         assert _status(_read_all(held[0])) == 408  # the oldest idle one made room
-        busy = held[1:] + [_connect(addr)]
+        busy = [*held[1:], _connect(addr)]
         for s in busy:  # each in the middle of a request body
             s.sendall(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n".encode())
         time.sleep(0.1)
