@@ -110,6 +110,12 @@ def serve(
     next_timeout_s: Annotated[
         float, typer.Option("--next-timeout-s", help="longest wait for the next tier")
     ] = _DEFAULTS.next_timeout_s,
+    breaker_base_s: Annotated[
+        float, typer.Option("--breaker-base-s", help="after the next tier fails, wait this long")
+    ] = _DEFAULTS.breaker_base_s,
+    breaker_max_s: Annotated[
+        float, typer.Option("--breaker-max-s", help="... doubling per failed trial up to this")
+    ] = _DEFAULTS.breaker_max_s,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
     ] = None,
@@ -150,6 +156,8 @@ def serve(
             header_timeout_s=header_timeout_s,
             body_timeout_s=body_timeout_s,
             keep_alive_s=keep_alive_s,
+            breaker_base_s=breaker_base_s,
+            breaker_max_s=breaker_max_s,
             tls_cert=str(tls_cert) if tls_cert is not None else None,
             tls_key=str(tls_key) if tls_key is not None else None,
             next_ca=str(next_ca) if next_ca is not None else None,

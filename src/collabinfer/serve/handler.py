@@ -89,7 +89,10 @@ BUDGET_REPEATS = 3
 PROBE_TIMEOUT_S = 0.5
 """How long a breaker trial waits for the next tier's health check before giving up."""
 FALLBACK_MARGIN_MS = 5.0
-"""Kept back from a forward's timeout, beyond the estimate of finishing here."""
+FALLBACK_MARGIN = 0.1
+"""Kept back from a forward's timeout, beyond the estimate of finishing here: the
+larger of 5 ms and a tenth of the deadline left, for the answer's way back (the
+sender's clock started before ours) and the noise of a loaded machine."""
 
 
 class TierHandler:
@@ -445,7 +448,7 @@ class TierHandler:
         deadline = None
         if deadline_at is not None:
             deadline = (deadline_at - time.perf_counter()) * 1e3
-            reserve = FALLBACK_MARGIN_MS
+            reserve = max(FALLBACK_MARGIN_MS, FALLBACK_MARGIN * deadline)
             if self._hosts_the_rest(state):  # leave the time to finish here if it fails
                 rows = handoff.encoded.header.shape[0]
                 reserve += self.compute_ms(handoff.cut, self.hosted.num_blocks, rows)
