@@ -362,12 +362,22 @@ def hung_tier() -> None:
 def hardening() -> None:
     with serve("edge") as (url, _):
 
-        async def wrong_tokens() -> Counter[int]:
-            async with httpx.AsyncClient(trust_env=False) as c:
-                rs = await asyncio.gather(*(c.post(f"{url}/v2/models/{MODEL}/infer",
-                                                   content=b"x", headers={"authorization": "Bearer no"})
-                                            for _ in range(3000)))  # fmt: skip
-            return Counter(r.status_code for r in rs)
+        async def wrong_tokens() -> Counter[int | str]:
+            limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+            gate = asyncio.Semaphore(32)
+            async with httpx.AsyncClient(trust_env=False, limits=limits, timeout=10) as c:
+
+                async def one() -> int | str:
+                    async with gate:
+                        try:
+                            r = await c.post(f"{url}/v2/models/{MODEL}/infer", content=b"x",
+                                             headers={"authorization": "Bearer no"})  # fmt: skip
+                            return r.status_code
+                        except httpx.HTTPError as e:
+                            return type(e).__name__
+
+                rs = await asyncio.gather(*(one() for _ in range(3000)))
+            return Counter(rs)
 
         t0 = time.perf_counter()
         codes = asyncio.run(wrong_tokens())
