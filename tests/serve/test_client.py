@@ -332,7 +332,12 @@ def test_edge_killed_mid_run_then_restarted(tiny_net: BlockNet, start_server) ->
     n, kill_at, restart_at = 500, 150, 300
     edge: ServerThread = start_server(edge_config(), tiny_net)
     client = device_client(
-        tiny_net, "tiny-cnn", edge.url, two_tier_planner(tiny_net), estimators(LOOPBACK)
+        tiny_net,
+        "tiny-cnn",
+        edge.url,
+        two_tier_planner(tiny_net),
+        estimators(LOOPBACK),
+        breaker=CircuitBreaker(0.05, 0.2),  # back-offs short next to the run (see below)
     )
     xs = grid_images(n, seed=3)
     with torch.inference_mode():
@@ -373,7 +378,10 @@ def test_edge_killed_mid_run_then_restarted(tiny_net: BlockNet, start_server) ->
     assert summary.fallbacks == len(fell) > 0
     assert all(i >= kill_at - 1 for i in fell), "nothing fell back before the kill"
     assert "back_at" in events
-    after = results[events["back_at"] + 5 :]
+    # the breaker's next trial (at most 0.2 s after the restart) finds the edge back;
+    # from the first input it answers on, offloading resumes for good
+    resumed = next(i for i, r in enumerate(results) if i > events["back_at"] and r.answered_by == 1)
+    after = results[resumed:]
     assert after and not any(r.fell_back for r in after), "offloading resumed after the restart"
     print(
         f"\nfault test: {n} answered, {len(fell)} finished on the device "

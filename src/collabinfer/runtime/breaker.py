@@ -44,7 +44,7 @@ class CircuitBreaker:
     def __init__(
         self,
         base_s: float = 1.0,
-        max_s: float = 30.0,
+        max_s: float = 10.0,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -165,7 +165,7 @@ class DeviceClient:
     Every ``rtt_probe_s`` seconds the client pings the edge in the background
     for an RTT sample (None: never; see :meth:`_maybe_probe_rtt`). ``ca`` is the
     CA bundle that verifies an https:// edge (None: the system's); ``breaker``
-    the circuit breaker towards the edge (default: 1 s back-off, up to 30 s).
+    the circuit breaker towards the edge (default: 1 s back-off, up to 10 s).
     """
 
     def __init__(

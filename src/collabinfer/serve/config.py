@@ -60,7 +60,7 @@ class ServerConfig:
     auth_failures: int = 20
     auth_window_s: float = 60.0
     breaker_base_s: float = 1.0  # the next tier, after a failure: back off, then one trial
-    breaker_max_s: float = 30.0
+    breaker_max_s: float = 10.0
     tls_cert: str | None = None  # serve HTTPS with this certificate chain (PEM) ...
     tls_key: str | None = None  # ... and its private key
     next_ca: str | None = None  # CA bundle to verify an https:// next tier (None: system CAs)
