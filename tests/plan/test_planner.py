@@ -102,3 +102,44 @@ def test_errors_are_clear() -> None:
             (0, 2, 1),
             (None, None),
         )
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("seed", range(8))
+def test_privacy_bound_matches_brute_force_and_is_kept(seed: int, m: int) -> None:
+    rng = random.Random(seed + 100 * m)
+    n = rng.randint(2, 6)
+    profile = random_profile(n, seed)
+    tiers = [TierSpec("device", 100.0)] + [TierSpec(f"t{i}", 1.0) for i in range(1, m)]
+    links = _links(m, rng)
+    # a made-up assessment: SSIM falls with depth, some pairs left unassessed
+    privacy = {
+        (k, c): 1.0 - k / n + rng.uniform(-0.1, 0.1)
+        for k, cut in enumerate(profile.cuts)
+        for c in cut.codecs
+        if rng.random() < 0.8
+    }
+    bound = 0.6
+    dp = Planner(profile, tiers, privacy=privacy, max_ssim=bound).plan(links)
+    bf = exhaustive_plan(profile, tiers, links, privacy=privacy, max_ssim=bound)
+    assert dp.cost.latency_ms == pytest.approx(bf.cost.latency_ms, rel=1e-9)
+    for sender, _, cut in transfers(dp.boundaries):
+        if sender == 0:  # what leaves the device is assessed and within the bound
+            assert privacy[(cut, dp.codecs[0])] <= bound
+
+
+def test_privacy_bound_forbids_the_raw_input_and_unassessed_sends() -> None:
+    profile = random_profile(5, 1)
+    for codec in profile.cuts[0].codecs.values():  # the input is cheap: offloading tempts
+        object.__setattr__(codec, "payload_bytes", 10)
+    tiers = [TierSpec("device", 100.0), TierSpec("edge", 1.0)]
+    fast = [LinkProfile("fast", 1000.0, 1.0)]
+    assert Planner(profile, tiers).plan(fast).raw_input_leaves_device
+    codec = next(iter(profile.cuts[3].codecs))
+    privacy = {(0, c): 1.0 for c in profile.cuts[0].codecs} | {(3, codec): 0.2}
+    plan = Planner(profile, tiers, privacy=privacy, max_ssim=0.3).plan(fast)
+    assert plan.boundaries[1] in (3, 5) and not plan.raw_input_leaves_device
+    if plan.boundaries[1] == 3:
+        assert plan.codecs[0] == codec
+    with pytest.raises(ConfigError, match="needs the assessment"):
+        Planner(profile, tiers, max_ssim=0.3)

@@ -237,7 +237,7 @@ def table1_data() -> dict[str, Any]:
         },
         "rows": [
             _row("LC", 0.897, 14.0, 0.0),
-            _row("EC", 0.933, 60.0, 850.0),
+            _row("EC", 0.933, 60.0, 850.0, sends="0:u8", privacy_ssim=1.0),
             _row("CC", 0.933, 95.0, 850.0),
             _row("static-split", 0.933, 120.0, 12544.0),
             _row("collabinfer", 0.921, 28.0, 4600.0, fallbacks=3, exited_on_device=0.6),

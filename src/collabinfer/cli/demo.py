@@ -70,6 +70,10 @@ def demo(
     private: Annotated[
         bool, typer.Option(help="split rows keep the raw input on the device")
     ] = True,
+    privacy: Annotated[
+        bool,
+        typer.Option(help="measure each row's attack SSIM (inversion attacks on what it sends)"),
+    ] = True,
     data: DataOpt = None,
     cache: CacheOpt = None,
 ) -> None:
@@ -90,6 +94,7 @@ def demo(
             bottleneck_max_drop=bottleneck_max_drop,
             real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
+            privacy=privacy,
         )
         if device_factor is not None:
             cfg = dataclasses.replace(cfg, device_factor=device_factor)

@@ -13,6 +13,7 @@ from collabinfer.cli.console import CacheOpt, DataOpt, console, fail, progress_b
 from collabinfer.data import Dataset, load_split
 from collabinfer.errors import CollabInferError
 from collabinfer.experiments.dynamic import DynamicConfig, DynamicResult, run_dynamic
+from collabinfer.experiments.privacy import PrivacyConfig, run_privacy
 from collabinfer.experiments.rate_accuracy import (
     RateAccuracyConfig,
     RateAccuracyResult,
@@ -21,6 +22,7 @@ from collabinfer.experiments.rate_accuracy import (
 from collabinfer.model.blocks import BlockNet
 from collabinfer.progress import ProgressFn
 from collabinfer.report.dynamic import write_dynamic
+from collabinfer.report.privacy import write_privacy
 from collabinfer.report.rate_accuracy import write_rate_accuracy
 from collabinfer.train import config_for, train_or_load
 
@@ -98,3 +100,34 @@ def dynamic_cmd(
         return run_dynamic(cfg, backbone, train, val, test, cache, progress)
 
     _run(cfg.backbone, run, write_dynamic, out, "dynamic.md", data, cache)
+
+
+@experiment_app.command("privacy")
+def privacy_cmd(
+    out: Annotated[
+        Path, typer.Option(help="write privacy.json/.md, plots and the grid here")
+    ] = Path("results/privacy"),
+    quick: Annotated[
+        bool,
+        typer.Option(help="cuts 1, 4, 7 at int8, 48 images, one setting per defence (<= 10 min)"),
+    ] = False,
+    data: DataOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Inversion attacks (rMLE, inverse network, shadow head; adaptive) on every cut, codec
+    and defence, the variational bottleneck's KL sweep, and the picture grid."""
+    cfg = PrivacyConfig.make(quick)
+    t0 = time.perf_counter()
+    try:
+        with progress_bars() as progress:
+            teacher, _ = train_or_load(config_for("fmnist-resnet"), cache, data, progress)
+            classifier, _ = train_or_load(config_for("fmnist-small"), cache, data, progress)
+            train, val, test = (load_split(s, data) for s in ("train", "val", "test"))
+            result, pictures = run_privacy(
+                cfg, teacher, classifier, train, val, test, cache, progress
+            )
+        paths = write_privacy(result, pictures, out)
+    except CollabInferError as exc:
+        raise fail(exc) from exc
+    console.print((out / "privacy.md").read_text())
+    wrote(paths, t0)

@@ -15,11 +15,22 @@ up to cut ``target_cut`` with an asymmetric pair (paper, Section 2.1.1):
 whose cut 1 is the latent, so the planner, the chain and the profiler treat it
 like any other model; the codec at that cut is made by
 :meth:`FactorizedLogistic.tables` + :class:`collabinfer.codec.entropy.EntropyCodec`.
+
+The **variational** bottleneck (paper, Section 3.3; ``variational=True``) is the
+privacy defence: its encoder outputs a mean and a scale per latent element and
+the device sends a *sample*, drawn afresh for every request, then rounded and
+entropy-coded like the deterministic latent. A KL term to a standard normal
+prior joins the training loss, so the weight of that term decides how much of
+the input survives the noise. Because the sampling happens inside the encoder
+block, every front end (the in-process chain, the device client, a tier
+server hosting the encoder) runs the defence without knowing it exists.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +55,80 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def fresh_generator() -> torch.Generator:
+    """A generator seeded from the operating system's entropy, for one request.
+
+    Why not torch's global generator: training code and tests seed it
+    (``torch.manual_seed``), and a defence whose noise an attacker can replay
+    by guessing a seed (or a request id) is no defence. 64 fresh bits a call
+    cost about a microsecond.
+    """
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+class VariationalEncoder(nn.Module):
+    """Input -> a latent *sample*: mean + scale * noise, both predicted per element.
+
+    Training draws the noise from torch's generator (reproducible, seeded by
+    the recipe); inference draws it from :func:`fresh_generator` on every call.
+    :meth:`moments` gives the mean and log-scale (for the KL term, and for an
+    attacker who knows the weights).
+    """
+
+    LOG_SCALE_RANGE = (-7.0, 3.0)  # keeps exp() finite and the KL bounded
+
+    def __init__(self, channels: int, hidden: int = 16, in_channels: int = 1) -> None:
+        super().__init__()
+        self.channels = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 2 * channels, 3, 2, 1),
+        )
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_scale = self.net(x).chunk(2, dim=1)
+        return mean, log_scale.clamp(*self.LOG_SCALE_RANGE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, log_scale = self.moments(x)
+        if self.training:
+            noise = torch.randn_like(mean)
+        else:
+            noise = torch.randn(mean.shape, generator=fresh_generator(), dtype=mean.dtype)
+        return mean + log_scale.exp() * noise
+
+    @classmethod
+    def from_encoder(cls, enc: Encoder, log_scale: float = 0.0) -> VariationalEncoder:
+        """Start from a trained deterministic encoder: same mean, scale ``exp(log_scale)``.
+
+        The default, a scale of one integer step (the prior's), makes the
+        noise matter from the first step: started from a tiny scale, the KL
+        term's pull on the scale is too weak for a fine-tune of an epoch or two
+        to grow it (measured: SSIM unchanged after one epoch from ``-4``), and
+        the sweep would only measure the deterministic bottleneck again."""
+        first, last = enc.net[0], enc.net[2]
+        assert isinstance(first, nn.Conv2d) and isinstance(last, nn.Conv2d)
+        out = cls(last.out_channels, first.out_channels, first.in_channels)
+        new_first, new_last = out.net[0], out.net[2]
+        assert isinstance(new_first, nn.Conv2d) and isinstance(new_last, nn.Conv2d)
+        with torch.no_grad():
+            new_first.load_state_dict(first.state_dict())
+            c = last.out_channels
+            new_last.weight.zero_()
+            new_last.weight[:c].copy_(last.weight)
+            assert new_last.bias is not None and last.bias is not None
+            new_last.bias.fill_(log_scale)
+            new_last.bias[:c].copy_(last.bias)
+        return out
+
+
+def kl_to_standard_normal(mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, scale^2) || N(0, 1)) in nats, summed over each example's elements."""
+    kl = 0.5 * (mean.square() + (2 * log_scale).exp() - 1.0) - log_scale
+    return kl.flatten(1).sum(1)
 
 
 class Decoder(nn.Module):
@@ -124,11 +209,25 @@ class FactorizedLogistic(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """Encoder + quantiser + prior + decoder, for training. Inference uses the BlockNet."""
+    """Encoder + quantiser + prior + decoder, for training. Inference uses the BlockNet.
 
-    def __init__(self, channels: int, out_channels: int, out_hw: int, hidden: int = 64) -> None:
+    ``variational``: the encoder is a :class:`VariationalEncoder` (see the module
+    docstring); :meth:`kl` is then its KL term, else zero.
+    """
+
+    encoder: Encoder | VariationalEncoder
+
+    def __init__(
+        self,
+        channels: int,
+        out_channels: int,
+        out_hw: int,
+        hidden: int = 64,
+        variational: bool = False,
+    ) -> None:
         super().__init__()
-        self.encoder = Encoder(channels)
+        self.variational = variational
+        self.encoder = VariationalEncoder(channels) if variational else Encoder(channels)
         self.quant = RoundST()
         self.prior = FactorizedLogistic(channels)
         self.decoder = Decoder(channels, out_channels, out_hw, hidden)
@@ -137,6 +236,21 @@ class Bottleneck(nn.Module):
         """Features at the target cut, and the estimated bits per example."""
         y = self.quant(self.encoder(x))
         return self.decoder(y), self.prior.bits(y)
+
+    def kl(self, x: torch.Tensor) -> torch.Tensor:
+        """The variational encoder's KL to the prior per example (nats); zeros otherwise."""
+        if isinstance(self.encoder, VariationalEncoder):
+            return kl_to_standard_normal(*self.encoder.moments(x))
+        return torch.zeros(x.shape[0])
+
+    def to_variational(self, log_scale: float = 0.0) -> Bottleneck:
+        """A variational copy that starts where this deterministic one is."""
+        if not isinstance(self.encoder, Encoder):
+            raise ModelError("this bottleneck is already variational")
+        out = copy.deepcopy(self)
+        out.variational = True
+        out.encoder = VariationalEncoder.from_encoder(self.encoder, log_scale)
+        return out
 
 
 def bottleneck_net(bottleneck: Bottleneck, teacher: BlockNet, target_cut: int) -> BlockNet:
@@ -158,8 +272,15 @@ def bottleneck_net(bottleneck: Bottleneck, teacher: BlockNet, target_cut: int) -
 
 
 class _Round(nn.Module):
+    """Round to the integers the codec sends. Where a gradient is asked for (an
+    inversion attacker optimising through the encoder), it passes straight
+    through; the value is the rounded one either way."""
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.round(y)
+        r = torch.round(y)
+        if torch.is_grad_enabled() and y.requires_grad:
+            return y + (r - y).detach()
+        return r
 
 
 @dataclass(frozen=True)

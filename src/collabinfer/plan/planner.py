@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,32 @@ from collabinfer.topology.tiers import TierSpec, check_tiers
 
 INF = math.inf
 
+PrivacyMap = Mapping[tuple[int, str], float]
+"""The strongest inversion attacker's SSIM per (cut, codec) the device may send,
+from the privacy assessment (``experiments.privacy_schema.privacy_bounds``)."""
+
+
+def private_sends(
+    profile: Profile, privacy: PrivacyMap | None, max_ssim: float | None
+) -> set[tuple[int, str]] | None:
+    """The (cut, codec) pairs the device may send under a privacy bound; ``None``: no bound.
+
+    A pair the assessment did not score is not allowed: an unmeasured send is
+    not known to be private. Nothing is sent at the last cut, so it needs no entry.
+    """
+    if max_ssim is None:
+        return None
+    if privacy is None:
+        raise ConfigError(
+            "a privacy bound (max_ssim) needs the assessment's SSIM per cut and codec"
+        )
+    return {
+        (k, c)
+        for k, cut in enumerate(profile.cuts)
+        for c in cut.codecs
+        if privacy.get((k, c), INF) <= max_ssim
+    }
+
 
 class Planner:
     """Precomputes what does not depend on the link, then plans in microseconds."""
@@ -51,7 +77,12 @@ class Planner:
         objective: str = "latency",
         power: PowerModel | None = None,
         min_device_blocks: int = 0,
+        privacy: PrivacyMap | None = None,
+        max_ssim: float | None = None,
     ) -> None:
+        """``max_ssim``: the privacy bound, the largest SSIM the strongest attacker may
+        reach on what the device sends (``privacy`` per cut and codec); it replaces the
+        blunt ``min_device_blocks`` where an assessment exists, and both may be set."""
         check_tiers(tiers)
         if objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {objective!r}; choose {', '.join(OBJECTIVES)}")
@@ -101,6 +132,14 @@ class Planner:
             if m > 1:
                 self.beta_ser[0] = p.tx_w
         self.speed = np.array([t.speed_factor for t in tiers])
+        # what the device may send: INF where the privacy bound forbids (cut, codec)
+        self.device_send = np.zeros(shape)
+        allowed = private_sends(profile, privacy, max_ssim)
+        if allowed is not None:
+            for k in range(n + 1):
+                for j, name in enumerate(names):
+                    if (k, name) not in allowed:
+                        self.device_send[k, j] = INF
 
     def _ser_ms(self, link: LinkProfile) -> np.ndarray:
         """Serialisation ms of every (cut, codec) payload on ``link``, as serialisation_ms."""
@@ -136,6 +175,8 @@ class Planner:
                 )
                 ser = sum(self.beta_ser[h] * self._ser_ms(links[h]) for h in range(a, r))
                 t_cost = w[a] * self.enc + fixed + ser + w[r] * self.dec
+                if a == 0:
+                    t_cost = t_cost + self.device_send
                 best_c = np.argmin(t_cost, axis=1)
                 cand = E[a] + t_cost[np.arange(n + 1), best_c]
                 cand[n] = INF  # receiving the finished output is pointless
@@ -176,9 +217,12 @@ def exhaustive_plan(
     objective: str = "latency",
     power: PowerModel | None = None,
     min_device_blocks: int = 0,
+    privacy: PrivacyMap | None = None,
+    max_ssim: float | None = None,
 ) -> Plan:
     """Try every plan; exponential, for tests and small models only."""
     n, m = profile.num_blocks, len(tiers)
+    allowed = private_sends(profile, privacy, max_ssim)
     best: Plan | None = None
     for inner in itertools.combinations_with_replacement(range(n + 1), m - 1):
         b = (0, *inner, n)
@@ -187,7 +231,12 @@ def exhaustive_plan(
         moves = transfers(b)
         options = []
         for sender, _, cut in moves:
-            names = [c for c in profile.cuts[cut].codecs if codecs is None or c in codecs]
+            names = [
+                c
+                for c in profile.cuts[cut].codecs
+                if (codecs is None or c in codecs)
+                and (allowed is None or sender != 0 or (cut, c) in allowed)
+            ]
             options.append([(sender, c) for c in names])
         for combo in itertools.product(*options):
             chosen: list[str | None] = [None] * m

@@ -1,7 +1,7 @@
 """Reports: result files in, markdown and plots out; no model is ever run here.
 
 One module per experiment (:mod:`.table1`, :mod:`.rate_accuracy`,
-:mod:`.dynamic`), each with ``write_*(result, out)`` (save a typed result,
+:mod:`.dynamic`, :mod:`.privacy`), each with ``write_*(result, out)`` (save a typed result,
 then render it) and ``render_*(out)`` (re-render from the files alone), and
 the helpers they share in :mod:`.common`. :func:`render_report` is what
 ``collabinfer report DIR`` runs: it renders whichever result files ``DIR`` has.
@@ -17,16 +17,19 @@ from pathlib import Path
 
 from collabinfer.errors import ConfigError
 from collabinfer.report.dynamic import render_dynamic, write_dynamic
+from collabinfer.report.privacy import render_privacy, write_privacy
 from collabinfer.report.rate_accuracy import render_rate_accuracy, write_rate_accuracy
 from collabinfer.report.table1 import render_table1, write_table1
 
 __all__ = [
     "RENDERERS",
     "render_dynamic",
+    "render_privacy",
     "render_rate_accuracy",
     "render_report",
     "render_table1",
     "write_dynamic",
+    "write_privacy",
     "write_rate_accuracy",
     "write_table1",
 ]
@@ -36,6 +39,7 @@ RENDERERS: dict[str, Callable[[Path], list[Path]]] = {
     "table1.json": render_table1,
     "rate_accuracy.json": render_rate_accuracy,
     "dynamic.json": render_dynamic,
+    "privacy.json": render_privacy,
 }
 
 

@@ -40,6 +40,7 @@ COLUMNS = (
     ("latency_p95_ms", "p95 ms", "{:.1f}"),
     ("bytes_per_input", "bytes/input", "{:,.0f}"),
     ("raw_input_leaves_device", "raw input leaves device", "{}"),
+    ("privacy_ssim", "attack SSIM", "{:.2f}"),
     ("edge_cpu_ms_per_input", "edge CPU ms/input", "{:.2f}"),
     ("exited_on_device", "exit on device", "{:.0%}"),
     ("measured_on", "measured on", "{}"),
@@ -135,6 +136,12 @@ def _conditions_lines(c: Conditions, rows: tuple[Row, ...]) -> list[str]:
         "at this CPU's speed).",
         "- Split rows keep the raw input on the device: "
         + ("yes (privacy constraint)." if c.private_splits else "no."),
+        "- Attack SSIM: the strongest inversion attack (rMLE, inverse network, shadow head; "
+        "the image itself read as is) on what each row sends, measured on test images the "
+        "attacker's training-split data does not contain; a row that sends nothing gets the "
+        "attacker's best guess without bytes (the mean image). Below 0.3 counts as "
+        "unrecognisable (He et al. 2019); `collabinfer experiment privacy` has the full "
+        "assessment.",
         "",
     ]
     bn = c.collabinfer_bottleneck

@@ -51,7 +51,12 @@ from collabinfer.serve.http import uvicorn_config
 from collabinfer.serve.openapi import INFER_OPENAPI
 from collabinfer.serve.wire import WireError
 from collabinfer.train import DEFAULT_CONFIGS, load_trained
-from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
+from collabinfer.train.bottleneck import (
+    BOTTLENECK_SUFFIX,
+    VARIATIONAL_SUFFIX,
+    default_bottleneck,
+    default_variational_bottleneck,
+)
 from collabinfer.train.gates import GATES_SUFFIX, default_gates
 
 __all__ = [
@@ -155,6 +160,8 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
         return _load_gated(name.removesuffix(GATES_SUFFIX), untrained, seed)
     if name.endswith(BOTTLENECK_SUFFIX):  # e.g. fmnist-resnet+bn: the deployed bottleneck
         return _load_bottleneck(name.removesuffix(BOTTLENECK_SUFFIX), untrained, seed)
+    if name.endswith(VARIATIONAL_SUFFIX):  # fmnist-resnet+vbn: the privacy defence
+        return _load_bottleneck(name.removesuffix(VARIATIONAL_SUFFIX), untrained, seed, True)
     model_spec(name)  # unknown name: ModelError listing the zoo
     if untrained:
         torch.manual_seed(seed)
@@ -169,13 +176,16 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     return model
 
 
-def _load_bottleneck(base: str, untrained: bool, seed: int) -> BlockNet:
-    """The teacher's tail behind the default learned bottleneck, its codec registered."""
+def _load_bottleneck(base: str, untrained: bool, seed: int, variational: bool = False) -> BlockNet:
+    """The teacher's tail behind the default learned bottleneck, its codec registered;
+    ``variational``: the variational one, whose encoder samples afresh on every call
+    (on the device; this tier only decodes)."""
     if untrained:
         raise ConfigError("a bottleneck deployment needs trained weights; drop --untrained")
     teacher = load_served_model(base)
+    load = default_variational_bottleneck if variational else default_bottleneck
     try:
-        tb = default_bottleneck(teacher, train=False)
+        tb = load(teacher, train=False)
     except (CheckpointError, DataError) as e:
         raise CollabInferError(str(e)) from None
     return deploy(tb.net, tb.bottleneck, tb.key[:8]).net

@@ -9,6 +9,11 @@
    from the learned factorised prior on noisy latents; then a short fine-tune
    of the tail on the decoded features. Sweeping ``beta`` gives the
    rate-accuracy curve.
+3. **Variational bottleneck** (the privacy defence, ``variational=True``):
+   starting from a trained deterministic bottleneck, the encoder learns a
+   scale beside its mean and the loss gains ``kl_weight * KL / pixels``;
+   sweeping ``kl_weight`` trades accuracy for what an inversion attacker can
+   recover (:mod:`collabinfer.privacy`).
 
 Everything is tuned on the validation split; checkpoints are cached by a hash
 of the config, the teacher's weights and the data, like the classifier recipe.
@@ -52,10 +57,14 @@ class BottleneckConfig:
     schedule: str = "cosine"  # per phase; part of the config so old checkpoints are not reused
     train_subset: int = 0  # 0 = the whole training split
     seed: int = 0
+    variational: bool = False  # sample the latent (privacy defence); needs an init
+    kl_weight: float = 0.0  # weight of the KL to N(0, 1) per input pixel
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.beta < 0 or self.distill_epochs < 0:
             raise ConfigError("channels >= 1, beta >= 0 and epochs >= 0 are required")
+        if self.kl_weight < 0 or (self.kl_weight and not self.variational):
+            raise ConfigError("kl_weight must be >= 0, and only a variational bottleneck has one")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"schedule must be 'cosine' or 'constant', not {self.schedule!r}")
 
@@ -116,11 +125,15 @@ def train_bottleneck(
     shape = teacher.cut_points()[cut].shape
     if len(shape) != 3:
         raise ConfigError(f"target_cut {cut} carries shape {shape}; a feature map is needed")
+    if config.variational and init is None:
+        raise ConfigError("a variational bottleneck starts from a trained one: pass init")
     bn = (
         copy.deepcopy(init)
         if init is not None
         else Bottleneck(config.channels, shape[0], shape[1], config.hidden)
     )
+    if config.variational and not bn.variational:
+        bn = bn.to_variational()
     tail = copy.deepcopy(teacher)
     pixels = float(torch.tensor(teacher.input_shape).prod())
     stats: dict[str, float] = {}
@@ -149,7 +162,10 @@ def train_bottleneck(
             * temp
         )
         ce = F.cross_entropy(logits, labels)
-        return kd + config.ce_weight * ce + config.beta * bits.mean() / pixels
+        loss = kd + config.ce_weight * ce + config.beta * bits.mean() / pixels
+        if config.kl_weight:
+            loss = loss + config.kl_weight * bn.kl(x).mean() / pixels
+        return loss
 
     def compress_modes() -> None:
         bn.train()
@@ -224,7 +240,7 @@ def train_or_load_bottleneck(
     shape = teacher.cut_points()[config.target_cut].shape
 
     def load(ck: Checkpoint, path: Path) -> tuple[BlockNet, Bottleneck]:
-        bn = Bottleneck(config.channels, shape[0], shape[1], config.hidden)
+        bn = Bottleneck(config.channels, shape[0], shape[1], config.hidden, config.variational)
         load_weights(bn, ck, path, prefix="bn.")
         tail = copy.deepcopy(teacher)
         load_weights(tail, ck, path, prefix="tail.")
@@ -273,6 +289,23 @@ DEFAULT_BOTTLENECK = BottleneckConfig(
     target_cut=4, channels=8, hidden=64, distill_epochs=2, rate_epochs=2, tail_epochs=2, beta=0.1
 )
 BOTTLENECK_SUFFIX = "+bn"
+VARIATIONAL_SUFFIX = "+vbn"
+
+# The variational bottleneck ``fmnist-resnet+vbn`` deploys: the KL weight the
+# privacy assessment's validation rule chose (docs/privacy.md, "Choosing the
+# KL weight"), trained from DEFAULT_BOTTLENECK.
+DEFAULT_KL_WEIGHT = 0.1
+
+
+def variational_config(
+    base: BottleneckConfig, kl_weight: float, epochs: int = 1, tail_epochs: int = 1
+) -> BottleneckConfig:
+    """The variational bottleneck trained from ``base``: ``epochs`` of the rate phase
+    with the KL term, then ``tail_epochs`` of tail fine-tuning (one recipe, so the
+    assessment's sweep and the deployed model share their cache)."""
+    return dataclasses.replace(
+        base, variational=True, kl_weight=kl_weight, rate_epochs=epochs, tail_epochs=tail_epochs
+    )
 
 
 def default_bottleneck(
@@ -293,4 +326,22 @@ def default_bottleneck(
     hd = train_or_load_bottleneck(hd_cfg, teacher, tr, va, cache, progress, may_train=train)
     return train_or_load_bottleneck(
         config, teacher, tr, va, cache, progress, init=hd, may_train=train
+    )
+
+
+def default_variational_bottleneck(
+    teacher: BlockNet,
+    cache: Path | None = None,
+    data_root: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    train: bool = True,
+    kl_weight: float = DEFAULT_KL_WEIGHT,
+) -> TrainedBottleneck:
+    """The deployed privacy defence (model id ``<teacher>+vbn``): the default
+    bottleneck made variational (:func:`variational_config`), cached likewise."""
+    det = default_bottleneck(teacher, cache, data_root, progress, train)
+    tr, va = load_split("train", data_root), load_split("val", data_root)
+    cfg = variational_config(DEFAULT_BOTTLENECK, kl_weight)
+    return train_or_load_bottleneck(
+        cfg, teacher, tr, va, cache, progress, init=det, may_train=train
     )

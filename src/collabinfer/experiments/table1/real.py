@@ -36,7 +36,13 @@ import numpy as np
 
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.errors import TierError
-from collabinfer.experiments.table1.rows import Deployed, collab_policy, describe_plan_mix
+from collabinfer.experiments.table1.rows import (
+    Deployed,
+    collab_policy,
+    describe_plan_mix,
+    describe_sends,
+    device_send,
+)
 from collabinfer.experiments.table1.schema import Row, Table1Config
 from collabinfer.progress import ProgressFn, report
 from collabinfer.runtime.link import BandwidthTrace
@@ -225,6 +231,11 @@ def run_real_row(
         for r in results
     ]
     plans = Counter(r.plan.describe(deployed.net.block_names) for r in results)
+    sends = Counter(
+        send
+        for r in results
+        if (send := device_send(r.plan, 0 if r.exited_early else r.bytes_sent)) is not None
+    )
     row = Row(
         paradigm="collabinfer",
         accuracy=summary.accuracy,
@@ -238,6 +249,7 @@ def run_real_row(
         fallbacks=summary.fallbacks,
         num_inputs=len(results),
         exited_on_device=float(np.mean([r.exited_early for r in results])) if results else 0.0,
+        sends=describe_sends(sends),
     )
     info = {
         "real_sockets": {

@@ -53,6 +53,8 @@ __all__ = [
     "build_trace",
     "collab_policy",
     "describe_plan_mix",
+    "describe_sends",
+    "device_send",
     "run_virtual_row",
 ]
 
@@ -187,6 +189,19 @@ ROW_BUILDERS: dict[str, Callable[[Setting], RowSetup]] = {
 }
 
 
+def device_send(plan: Plan | None, bytes_from_device: int) -> str | None:
+    """``"cut:codec"`` of what the device sent under ``plan``; ``None`` if it sent nothing
+    (an exit answered, or the plan keeps everything on the device)."""
+    if plan is None or bytes_from_device <= 0 or plan.codecs[0] is None:
+        return None
+    return f"{plan.boundaries[1]}:{plan.codecs[0]}"
+
+
+def describe_sends(sends: Counter[str]) -> str:
+    """The row's ``sends`` field: each distinct "cut:codec" once, the most frequent first."""
+    return ",".join(k for k, _ in sends.most_common())
+
+
 def describe_plan_mix(plans: Counter[str]) -> str:
     """``"plan A (93%); plan B (7%)"``: how often each plan was chosen."""
     n = sum(plans.values()) or 1
@@ -204,12 +219,16 @@ def run_virtual_row(
     raw = False
     edge_ms = 0.0
     plans: Counter[str] = Counter()
+    sends: Counter[str] = Counter()
     for i in range(len(data)):
         result = chain.run(data.images[i : i + 1], start_s=i * interval)
         st = result.state
         lat.append(result.latency_ms)
         correct += int(result.output.argmax(1).item() == int(data.labels[i]))
         sent += st.trace.bytes_sent(0)
+        send = device_send(st.plan, st.trace.bytes_sent(0))
+        if send is not None:
+            sends[send] += 1
         raw = raw or st.raw_input_left_device
         if len(setup.tiers) > 1:
             edge_ms += st.trace.wall_ms(1)
@@ -232,5 +251,6 @@ def run_virtual_row(
         fallbacks=fallbacks,
         num_inputs=n,
         exited_on_device=exited / n,
+        sends=describe_sends(sends),
     )
     return row, lat

@@ -28,6 +28,7 @@ import torch
 
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.experiments.table1.candidates import BottleneckCandidate, DynamicCandidate
+from collabinfer.experiments.table1.privacy import privacy_column
 from collabinfer.experiments.table1.real import run_real_row
 from collabinfer.experiments.table1.rows import (
     ROW_BUILDERS,
@@ -101,8 +102,14 @@ def run_table1(
     progress: ProgressFn | None = None,
     cache: Path | None = None,
     log_dir: Path | None = None,
+    aux: Dataset | None = None,
 ) -> Table1Result:
-    """Run every row on the same inputs, trace and tiers; return rows + latency samples."""
+    """Run every row on the same inputs, trace and tiers; return rows + latency samples.
+
+    With ``cfg.privacy`` and the attacker's data ``aux`` (the training split),
+    each row's ``privacy_ssim`` is measured on the first ``cfg.privacy_images``
+    of the row's inputs (:mod:`~collabinfer.experiments.table1.privacy`).
+    """
     torch.manual_seed(0)
     data = test.subset(cfg.num_inputs, cfg.subset_seed)
     trace = build_trace(cfg, len(data) * cfg.arrival_interval_s + 10.0)
@@ -134,6 +141,13 @@ def run_table1(
             extra.update(info)
             rows.append(row)
             samples[paradigm] = lat
+    if cfg.privacy and aux is not None:
+        sender = {"LC": models.local, "collabinfer": deployed.net}
+        sender |= {"collabinfer-virtual": deployed.net}
+        sender |= {p: models.full for p in ("EC", "CC", "static-split")}
+        scored = data.subset(cfg.privacy_images, cfg.subset_seed)
+        aux = aux.subset(cfg.privacy_aux, cfg.subset_seed + 1)
+        rows = list(privacy_column(rows, sender, aux, scored, progress))
     return Table1Result(_conditions(cfg, setting, extra), tuple(rows), samples)
 
 

@@ -56,6 +56,9 @@ class Table1Config:
     bottleneck: bool = True  # offer the learned bottleneck to the collabinfer row
     bottleneck_max_drop: float = 0.01  # validation accuracy it may lose against the teacher
     link_seed: int = 0
+    privacy: bool = True  # measure each row's privacy_ssim (inversion attacks on its sends)
+    privacy_images: int = 48  # test images the attacks are scored on
+    privacy_aux: int = 2000  # the attacker's training images (training split)
     paradigms: tuple[str, ...] = PARADIGMS
 
     def __post_init__(self) -> None:
@@ -90,6 +93,8 @@ class Row:
     fallbacks: int = 0
     num_inputs: int = 0
     exited_on_device: float = 0.0  # fraction of inputs answered by a device exit (0 bytes)
+    sends: str = ""  # what left the device, "cut:codec" by frequency ("0:u8" is the image)
+    privacy_ssim: float | None = None  # the strongest inversion attack's SSIM on those sends
 
 
 _ROW_TYPES: dict[str, tuple[type, ...]] = {
@@ -105,6 +110,8 @@ _ROW_TYPES: dict[str, tuple[type, ...]] = {
     "fallbacks": (int,),
     "num_inputs": (int,),
     "exited_on_device": (int, float),
+    "sends": (str,),
+    "privacy_ssim": (type(None), int, float),
 }
 _CONDITION_KEYS = (
     "link_profile",
