@@ -103,3 +103,48 @@ def test_files_and_report(result, tmp_path: Path) -> None:
     (tmp_path / "table1.md").unlink()
     render_table1(tmp_path)  # from files alone
     assert (tmp_path / "table1.md").read_text() == md
+
+
+def test_rows_record_what_they_sent(result) -> None:
+    rows = {r.paradigm: r for r in result.rows}
+    assert rows["EC"].sends == "0:u8" and rows["CC"].sends == "0:u8"
+    assert rows["LC"].sends == ""
+    for cut, _, codec in (
+        s.partition(":") for s in filter(None, rows["static-split"].sends.split(","))
+    ):
+        assert int(cut) >= 1 and codec  # private splits: features, never the image
+    assert all(r.privacy_ssim is None for r in result.rows)  # no attacker data given
+
+
+def test_the_privacy_bound_limits_what_the_splits_send() -> None:
+    torch.manual_seed(0)
+    full, local = create_model("tiny-cnn").eval(), create_model("tiny-mlp").eval()
+    models = Table1Models(
+        full,
+        local,
+        profile_model(full, "tiny-cnn", repeats=3),
+        profile_model(local, "tiny-mlp", repeats=3),
+    )
+    # a made-up assessment in which only cut 1 at int8 is private enough (unbounded: fp32)
+    ssim = tuple(
+        (k, c, 0.1 if (k, c) == (1, "int8") else 0.9)
+        for k, cut in enumerate(models.full_profile.cuts)
+        for c in cut.codecs
+    )
+    cfg = Table1Config(
+        full_model="tiny-cnn",
+        local_model="tiny-mlp",
+        num_inputs=20,
+        device_factor=2000.0,  # a slow device: unbounded, both rows send cut 1
+        real_sockets=False,
+        dynamic=False,
+        bottleneck=False,
+        paradigms=("static-split", "collabinfer"),
+        max_attack_ssim=0.3,
+        attack_ssim=ssim,
+    )
+    res = run_table1(cfg, models, synthetic_dataset(30, seed=5, split="test"))
+    for row in res.rows:
+        assert set(filter(None, row.sends.split(","))) <= {"1:int8"}, row
+    assert res.rows[0].sends == "1:int8"  # the static split offloads, where it may
+    assert res.conditions["max_attack_ssim"] == 0.3

@@ -7,6 +7,7 @@ them after the unit tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from typer.testing import CliRunner
 from collabinfer.cli import app
 from collabinfer.data import load_split
 from collabinfer.errors import CheckpointError
+from collabinfer.experiments.privacy import PrivacyConfig, run_privacy
+from collabinfer.experiments.privacy_schema import strongest
+from collabinfer.privacy.attacks import AttackConfig
+from collabinfer.report.privacy import write_privacy
 from collabinfer.train import DEFAULT_CONFIGS, train_or_load
 
 pytestmark = pytest.mark.integration
@@ -77,6 +82,12 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
     # loaded machine.)
     assert rows["LC"]["latency_p50_ms"] < data["conditions"]["full_model_device_ms"]
     assert not rows["collabinfer"]["raw_input_leaves_device"]
+    # the privacy column, measured on what each row sent: the image is the image,
+    # nothing sent leaves the attacker its prior, a split lies in between or below
+    assert rows["EC"]["sends"] == "0:u8" and rows["EC"]["privacy_ssim"] > 0.99
+    assert rows["LC"]["sends"] == "" and rows["LC"]["privacy_ssim"] < 0.3
+    assert rows["static-split"]["privacy_ssim"] < rows["EC"]["privacy_ssim"]
+    assert rows["collabinfer"]["privacy_ssim"] is not None
     # the collabinfer rows run the gated backbone; confident inputs leave on the device
     assert data["conditions"]["collabinfer_dynamic"]["model"] == "fmnist-resnet+gates"
     assert 0 < rows["collabinfer-virtual"]["exited_on_device"] < 1
@@ -88,6 +99,7 @@ def test_demo_quick_end_to_end(cache: Path, tmp_path: Path) -> None:
         "demo",
         "--num-inputs",
         "50",
+        "--no-privacy",
         "--out",
         str(tmp_path / "again"),
         "--cache",
@@ -135,4 +147,35 @@ def test_dynamic_experiment_quick(cache: Path, tmp_path: Path) -> None:
     assert sum(e["ece_after"] for e in cal) < sum(e["ece_before"] for e in cal)
     assert data["summary"]["targets"] and data["summary"]["path_aware_vs_always"]
     for name in ("dynamic.md", "dynamic_flops.png", "dynamic_latency.png", "dynamic_exits.png"):
+        assert (out / name).is_file(), name
+
+
+def test_privacy_assessment_on_the_real_model(cache: Path, tmp_path: Path) -> None:
+    """A cut-down assessment (one cut, few images, small budgets) on fmnist-resnet:
+    every attack runs on real features, and the ends order as they must."""
+    cfg = dataclasses.replace(
+        PrivacyConfig.make(quick=True),
+        cuts=(1, 7),
+        scored_images=16,
+        accuracy_images=500,
+        aux_images=800,
+        kl_weights=(0.01,),
+        attack=AttackConfig(rmle_steps=40, tune_images=2, inverse_epochs=2, shadow_epochs=1),
+    )
+    teacher, _ = train_or_load(DEFAULT_CONFIGS["fmnist-resnet"], cache)
+    classifier, _ = train_or_load(DEFAULT_CONFIGS["fmnist-small"], cache)
+    train, val, test = (load_split(s) for s in ("train", "val", "test"))
+    result, pictures = run_privacy(cfg, teacher, classifier, train, val, test, cache)
+    out = tmp_path / "privacy"
+    write_privacy(result, pictures, out)
+    image, nothing = strongest(result, 0, "u8"), strongest(result, teacher.num_blocks, "none")
+    early, late = strongest(result, 1, "int8"), strongest(result, 7, "int8")
+    assert image is not None and nothing is not None and early is not None and late is not None
+    assert image.ssim > 0.99 > early.ssim > late.ssim > nothing.ssim
+    assert early.ssim > 0.6  # the first cut is invertible (He et al.: ~0.99)
+    assert {r.defence for r in result.assessment} == {"none", "noise", "dropout", "variational"}
+    assert result.conditions.classifier_accuracy > 0.8
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("privacy.md", "privacy_tradeoff.png", "privacy_grid.png", "privacy_images.npz"):
         assert (out / name).is_file(), name

@@ -20,11 +20,23 @@ from collabinfer.cli.console import (
     progress_bars,
     wrote,
 )
-from collabinfer.errors import CollabInferError
+from collabinfer.errors import CollabInferError, ConfigError
+from collabinfer.experiments.privacy_schema import PrivacyResult, privacy_bounds
 from collabinfer.experiments.table1 import Table1Config, Table1Result, run_demo
 from collabinfer.report.table1 import COLUMNS, fmt, write_table1
 
 __all__ = ["demo"]
+
+
+def _attack_ssim(path: Path, model: str) -> tuple[tuple[int, str, float], ...]:
+    """The strongest attack's SSIM per undefended (cut, codec) of ``model``'s assessment."""
+    folder = path.parent if path.suffix == ".json" else path
+    result = PrivacyResult.load(folder)
+    if result.conditions.model != model:
+        raise ConfigError(
+            f"{folder / 'privacy.json'} assesses {result.conditions.model}, not {model}"
+        )
+    return tuple((cut, codec, ssim) for (cut, codec), ssim in privacy_bounds(result).items())
 
 
 def demo(
@@ -74,6 +86,17 @@ def demo(
         bool,
         typer.Option(help="measure each row's attack SSIM (inversion attacks on what it sends)"),
     ] = True,
+    max_attack_ssim: Annotated[
+        float | None,
+        typer.Option(
+            help="privacy bound for the split rows: send only what the assessment in "
+            "--privacy-file scores at or below this SSIM (needs --no-dynamic --no-bottleneck)"
+        ),
+    ] = None,
+    privacy_file: Annotated[
+        Path,
+        typer.Option(help="the privacy assessment the bound reads (privacy.json or its folder)"),
+    ] = Path("results/privacy"),
     data: DataOpt = None,
     cache: CacheOpt = None,
 ) -> None:
@@ -96,6 +119,12 @@ def demo(
             num_inputs=num_inputs or (1000 if quick else 10_000),
             privacy=privacy,
         )
+        if max_attack_ssim is not None:
+            cfg = dataclasses.replace(
+                cfg,
+                max_attack_ssim=max_attack_ssim,
+                attack_ssim=_attack_ssim(privacy_file, cfg.full_model),
+            )
         if device_factor is not None:
             cfg = dataclasses.replace(cfg, device_factor=device_factor)
         with progress_bars() as progress:

@@ -86,7 +86,7 @@ class PrivacyConfig:
     codecs: tuple[str, ...] = ("fp32", "int8")
     scored_images: int = 100
     accuracy_images: int = 10_000
-    aux_images: int = 4000
+    aux_images: int = 2500
     ood_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
     grid_images: int = 8
     defence_cut: int = 4

@@ -68,11 +68,11 @@ class AttackConfig:
     from the papers' settings scaled to 28x28 images), except the TV weight,
     which the attacker tunes on its own auxiliary images."""
 
-    rmle_steps: int = 200
+    rmle_steps: int = 150
     rmle_lr: float = 0.05
     tv_weights: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     tune_images: int = 8
-    inverse_epochs: int = 6
+    inverse_epochs: int = 5
     inverse_lr: float = 2e-3
     shadow_epochs: int = 2
     shadow_lr: float = 1e-3

@@ -92,6 +92,7 @@ class Conditions:
     full_model_device_ms: float
     links: str
     private_splits: bool
+    max_attack_ssim: float | None = None
     trace_seed: int | None = None
     trace_volatility: float | None = None
     trace_mean_mbps: float | None = None
@@ -136,6 +137,14 @@ def _conditions_lines(c: Conditions, rows: tuple[Row, ...]) -> list[str]:
         "at this CPU's speed).",
         "- Split rows keep the raw input on the device: "
         + ("yes (privacy constraint)." if c.private_splits else "no."),
+        *(
+            [
+                f"- Privacy bound: the split rows send only what the assessment's strongest "
+                f"attack recovers at SSIM <= {c.max_attack_ssim:g}."
+            ]
+            if c.max_attack_ssim is not None
+            else []
+        ),
         "- Attack SSIM: the strongest inversion attack (rMLE, inverse network, shadow head; "
         "the image itself read as is) on what each row sends, measured on test images the "
         "attacker's training-split data does not contain; a row that sends nothing gets the "

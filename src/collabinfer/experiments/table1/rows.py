@@ -138,7 +138,13 @@ def collab_policy(
 ) -> Policy:
     """The collabinfer rows' policy, virtual clock and real sockets alike: re-plan per
     input from EWMA link estimates, trying the exits on the device first."""
-    planner = Planner(profile, tiers, min_device_blocks=cfg.min_device_blocks)
+    planner = Planner(
+        profile,
+        tiers,
+        min_device_blocks=cfg.min_device_blocks,
+        privacy=cfg.privacy_map(),
+        max_ssim=cfg.max_attack_ssim,
+    )
     estimators = [
         LinkEstimator(get_profile(cfg.link), alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
         LinkEstimator(get_profile(cfg.wan), alpha=cfg.ewma_alpha, recovery_s=cfg.recovery_s),
@@ -168,7 +174,13 @@ def _cc(s: Setting) -> RowSetup:
 
 def _static_split(s: Setting) -> RowSetup:
     tiers = s.cfg.tiers()
-    planner = Planner(s.full_profile, tiers, min_device_blocks=s.cfg.min_device_blocks)
+    planner = Planner(
+        s.full_profile,
+        tiers,
+        min_device_blocks=s.cfg.min_device_blocks,
+        privacy=s.cfg.privacy_map(),
+        max_ssim=s.cfg.max_attack_ssim,
+    )
     plan = planner.plan([s.mean_access, s.wan])
     return RowSetup(s.full, tiers, s.links(2), StaticPolicy(plan), s.full_profile)
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.errors import ConfigError
 from collabinfer.experiments.table1.candidates import BottleneckCandidate, DynamicCandidate
 from collabinfer.experiments.table1.privacy import privacy_column
 from collabinfer.experiments.table1.real import run_real_row
@@ -125,6 +126,11 @@ def run_table1(
         plain,
     )
     deployed, extra = choose_deployment(cfg, models, setting)
+    if cfg.max_attack_ssim is not None and deployed.name != cfg.full_model:
+        raise ConfigError(
+            f"the privacy bound reads an assessment of {cfg.full_model}, but the collabinfer "
+            f"row deploys {deployed.name}: pass --no-dynamic --no-bottleneck with it"
+        )
     setting = dataclasses.replace(setting, collab=deployed)
     rows: list[Row] = []
     samples: dict[str, list[float]] = {}
@@ -171,6 +177,7 @@ def _conditions(cfg: Table1Config, s: Setting, extra: dict[str, Any]) -> dict[st
         "full_model": cfg.full_model,
         "local_model": cfg.local_model,
         "private_splits": cfg.private_splits,
+        "max_attack_ssim": cfg.max_attack_ssim,
         "ewma_alpha": cfg.ewma_alpha,
         "full_model_device_ms": s.full_profile.total_ms() * cfg.device_factor,
         "compute": "run on this CPU at batch 1; emulated tiers (factor != 1) are charged the "

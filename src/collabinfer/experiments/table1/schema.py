@@ -57,6 +57,11 @@ class Table1Config:
     bottleneck_max_drop: float = 0.01  # validation accuracy it may lose against the teacher
     link_seed: int = 0
     privacy: bool = True  # measure each row's privacy_ssim (inversion attacks on its sends)
+    # The planner's privacy bound: the split rows may send only (cut, codec) pairs whose
+    # strongest attack SSIM in ``attack_ssim`` (from a privacy assessment of full_model)
+    # is <= max_attack_ssim. None: the blunt rule (private_splits) alone.
+    max_attack_ssim: float | None = None
+    attack_ssim: tuple[tuple[int, str, float], ...] = ()
     privacy_images: int = 48  # test images the attacks are scored on
     privacy_aux: int = 2000  # the attacker's training images (training split)
     paradigms: tuple[str, ...] = PARADIGMS
@@ -72,6 +77,14 @@ class Table1Config:
 
     def tiers(self) -> list[TierSpec]:
         return default_tiers(self.device_factor, self.edge_factor, self.cloud_factor)
+
+    def privacy_map(self) -> dict[tuple[int, str], float] | None:
+        """``attack_ssim`` as the planner reads it (None without a bound)."""
+        if self.max_attack_ssim is None:
+            return None
+        if not self.attack_ssim:
+            raise ConfigError("max_attack_ssim needs attack_ssim, the assessment's SSIM per send")
+        return {(cut, codec): ssim for cut, codec, ssim in self.attack_ssim}
 
     @property
     def min_device_blocks(self) -> int:
