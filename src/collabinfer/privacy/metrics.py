@@ -22,10 +22,10 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from collabinfer.errors import ConfigError
+from collabinfer.privacy.names import UNRECOGNISABLE_SSIM
 
 __all__ = ["PSNR_CAP_DB", "UNRECOGNISABLE_SSIM", "psnr", "recognisability", "ssim"]
 
-UNRECOGNISABLE_SSIM = 0.3  # He, Zhang & Lee (ACSAC 2019): below it a human cannot tell
 PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; files hold finite numbers
 
 

@@ -6,7 +6,7 @@ reports can check a file's names without loading torch models.
 
 from __future__ import annotations
 
-__all__ = ["ATTACKS", "DEFENCES"]
+__all__ = ["ATTACKS", "DEFENCES", "UNRECOGNISABLE_SSIM"]
 
 ATTACKS = ("rmle", "inverse", "inverse-ood", "shadow", "identity", "prior")
 """``inverse-ood``: the inverse network trained on other classes than it is scored on
@@ -15,3 +15,5 @@ itself was sent (cut 0), so the attacker reads it; ``prior``: nothing was sent,
 so the best guess is the mean auxiliary image."""
 
 DEFENCES = ("none", "noise", "dropout", "variational")
+
+UNRECOGNISABLE_SSIM = 0.3  # He, Zhang & Lee (ACSAC 2019): below it a human cannot tell

@@ -35,7 +35,7 @@ from collabinfer.experiments.privacy_schema import (
     VariationalRun,
     strongest,
 )
-from collabinfer.privacy.metrics import UNRECOGNISABLE_SSIM
+from collabinfer.privacy.names import UNRECOGNISABLE_SSIM
 from collabinfer.report.common import DASH, fixed, markdown_table, pct, pyplot, save_figure
 
 __all__ = [
