@@ -135,7 +135,7 @@ def test_the_privacy_bound_limits_what_the_splits_send() -> None:
         full_model="tiny-cnn",
         local_model="tiny-mlp",
         num_inputs=20,
-        device_factor=2000.0,  # a slow device: unbounded, both rows send cut 1
+        device_factor=20_000.0,  # a very slow device: unbounded, both rows send cut 1
         real_sockets=False,
         dynamic=False,
         bottleneck=False,

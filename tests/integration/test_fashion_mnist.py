@@ -180,3 +180,23 @@ def test_privacy_assessment_on_the_real_model(cache: Path, tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     for name in ("privacy.md", "privacy_tradeoff.png", "privacy_grid.png", "privacy_images.npz"):
         assert (out / name).is_file(), name
+
+
+def test_demo_on_a_video_stream_runs_the_edge_cache(cache: Path, tmp_path: Path) -> None:
+    """``--workload video``: the collabinfer rows' edge (in-process and the real
+    `collabinfer serve --cache-mb` subprocess) answers repeats from its cache; the
+    paradigm rows have none."""
+    out = tmp_path / "video"
+    args = ["demo", "--workload", "video", "--num-inputs", "240", "--real-inputs", "120"]
+    args += ["--no-privacy", "--out", str(out), "--cache", str(cache)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "table1.json").read_text())
+    rows = {r["paradigm"]: r for r in data["rows"]}
+    assert data["conditions"]["workload"] == "video"
+    assert data["conditions"]["cache"]["rules"]  # fitted on validation streams
+    assert rows["collabinfer-virtual"]["cache_hits"] > 0
+    assert rows["collabinfer"]["cache_hits"] > 0  # over real sockets, flagged by the edge
+    for name in ("LC", "EC", "CC", "static-split"):
+        assert rows[name]["cache_hits"] is None
+    assert "cache hits" in (out / "table1.md").read_text()

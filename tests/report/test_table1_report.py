@@ -22,7 +22,7 @@ def _result() -> Table1Result:
 
 def test_markdown_has_every_row_the_conditions_and_the_plans() -> None:
     md = markdown(_result())
-    assert "| LC | 89.70% | 14.0 | 21.0 | 0 | no | — | 0.00 | 0% | virtual-clock | 300 |" in md
+    assert "| LC | 89.70% | 14.0 | 21.0 | 0 | no | — | 0.00 | 0% | — | virtual-clock | 300 |" in md
     assert "| EC | 93.30% | 60.0 | 90.0 | 850 | yes | 1.00 | 1.25 |" in md
     assert "| collabinfer | 92.10% | 28.0 | 42.0 | 4,600 | no | — | 1.25 | 60% |" in md
     assert "RTT 50.0 ms (lte is OUR ASSUMPTION); fluctuating trace (seed 7" in md

@@ -93,6 +93,16 @@ def demo(
             "--privacy-file scores at or below this SSIM (needs --no-dynamic --no-bottleneck)"
         ),
     ] = None,
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="inputs: iid (the test subset), video or multi-client (streams with locality, "
+            "the collabinfer rows' edge caching answers; docs/reuse.md)"
+        ),
+    ] = "iid",
+    cache_key: Annotated[
+        str, typer.Option(help="the edge cache's key with --workload: features/latent/projection")
+    ] = "features",
     privacy_file: Annotated[
         Path,
         typer.Option(help="the privacy assessment the bound reads (privacy.json or its folder)"),
@@ -118,6 +128,8 @@ def demo(
             real_inputs=real_inputs,
             num_inputs=num_inputs or (1000 if quick else 10_000),
             privacy=privacy,
+            workload=workload,
+            cache_key=cache_key,
         )
         if max_attack_ssim is not None:
             cfg = dataclasses.replace(

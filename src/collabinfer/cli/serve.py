@@ -134,6 +134,22 @@ def serve(
     untrained: Annotated[
         bool, typer.Option("--untrained", help="seeded random weights instead of a checkpoint")
     ] = False,
+    cache_mb: Annotated[
+        float,
+        typer.Option("--cache-mb", help="semantic cache size in MiB (0: none; docs/reuse.md)"),
+    ] = 0.0,
+    cache_precision: Annotated[
+        float, typer.Option("--cache-precision", help="hit precision the cache's rule targets")
+    ] = _DEFAULTS.reuse_precision,
+    cache_ttl_s: Annotated[
+        float | None, typer.Option("--cache-ttl-s", help="cache entries older than this expire")
+    ] = None,
+    cache_key: Annotated[
+        str, typer.Option("--cache-key", help="cache key: features, latent or projection")
+    ] = _DEFAULTS.reuse_key,
+    cache_eviction: Annotated[
+        str, typer.Option("--cache-eviction", help="cache eviction: lru, lfu or cost")
+    ] = _DEFAULTS.reuse_eviction,
 ) -> None:
     """Host blocks A..B-1 of a model as one tier (see docs/serving.md)."""
     try:
@@ -161,6 +177,11 @@ def serve(
             tls_cert=str(tls_cert) if tls_cert is not None else None,
             tls_key=str(tls_key) if tls_key is not None else None,
             next_ca=str(next_ca) if next_ca is not None else None,
+            reuse_mb=cache_mb,
+            reuse_precision=cache_precision,
+            reuse_ttl_s=cache_ttl_s,
+            reuse_key=cache_key,
+            reuse_eviction=cache_eviction,
         )
         serve_main(config, model, host=host, port=port, untrained=untrained)
     except CollabInferError as exc:

@@ -1,8 +1,8 @@
 """Reports: result files in, markdown and plots out; no model is ever run here.
 
 One module per experiment (:mod:`.table1`, :mod:`.rate_accuracy`,
-:mod:`.dynamic`, :mod:`.privacy`), each with ``write_*(result, out)`` (save a typed result,
-then render it) and ``render_*(out)`` (re-render from the files alone), and
+:mod:`.dynamic`, :mod:`.privacy`, :mod:`.reuse`), each with ``write_*(result, out)``
+(save a typed result, then render it) and ``render_*(out)`` (re-render from the files alone), and
 the helpers they share in :mod:`.common`. :func:`render_report` is what
 ``collabinfer report DIR`` runs: it renders whichever result files ``DIR`` has.
 
@@ -19,6 +19,7 @@ from collabinfer.errors import ConfigError
 from collabinfer.report.dynamic import render_dynamic, write_dynamic
 from collabinfer.report.privacy import render_privacy, write_privacy
 from collabinfer.report.rate_accuracy import render_rate_accuracy, write_rate_accuracy
+from collabinfer.report.reuse import render_reuse, write_reuse
 from collabinfer.report.table1 import render_table1, write_table1
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "render_privacy",
     "render_rate_accuracy",
     "render_report",
+    "render_reuse",
     "render_table1",
     "write_dynamic",
     "write_privacy",
     "write_rate_accuracy",
+    "write_reuse",
     "write_table1",
 ]
 
@@ -40,6 +43,7 @@ RENDERERS: dict[str, Callable[[Path], list[Path]]] = {
     "rate_accuracy.json": render_rate_accuracy,
     "dynamic.json": render_dynamic,
     "privacy.json": render_privacy,
+    "reuse.json": render_reuse,
 }
 
 

@@ -43,6 +43,7 @@ COLUMNS = (
     ("privacy_ssim", "attack SSIM", "{:.2f}"),
     ("edge_cpu_ms_per_input", "edge CPU ms/input", "{:.2f}"),
     ("exited_on_device", "exit on device", "{:.0%}"),
+    ("cache_hits", "cache hits", "{:.0%}"),
     ("measured_on", "measured on", "{}"),
     ("num_inputs", "inputs", "{:,}"),
 )

@@ -22,11 +22,12 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from collabinfer.cache.reuse import Reuse
 from collabinfer.errors import ConfigError, LinkError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.cost import REPLY_BYTES
@@ -53,7 +54,8 @@ class Chain:
 
     ``profile`` (the model's :class:`~collabinfer.plan.profile.Profile`) is what
     emulated tiers are charged from; it is required when any tier's speed
-    factor is not 1.
+    factor is not 1. ``reuse`` gives a tier (by index, usually the edge: 1) a
+    semantic cache, the same one a tier server runs.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Chain:
         policy: Policy,
         reply_bytes: int = REPLY_BYTES,
         profile: Profile | None = None,
+        reuse: Mapping[int, Reuse] | None = None,
     ) -> None:
         check_tiers(tiers)
         if len(links) != len(tiers) - 1:
@@ -73,7 +76,11 @@ class Chain:
         self.policy = policy
         self.reply_bytes = reply_bytes
         self.engine = Engine(
-            model, policy, Charger.for_tiers(tiers, profile), num_tiers=len(self.tiers)
+            model,
+            policy,
+            Charger.for_tiers(tiers, profile),
+            num_tiers=len(self.tiers),
+            reuse=reuse,
         )
         self.model = self.engine.model
 

@@ -14,6 +14,13 @@ chain (Section 3.1) until the request leaves that tier:
    block forwards the very bytes it got) and return a :class:`Handoff`;
 4. *exit*: the answer is the output (or the exit head's logits); return None.
 
+A tier with a semantic cache (``reuse``, :mod:`collabinfer.cache`) looks the
+request up when it arrives, before its first block: a hit answers at once
+(a ``CACHE`` step, ``state.cache_hit``); a miss keeps its key, and the answer
+is stored under it once known, whether this tier computed it or the next one
+sent it back (:meth:`Engine.answered`). The key, lookup and insert are
+charged to the tier as measured: they are the miss overhead the cache costs.
+
 What a front end does with a :class:`Handoff` is the only thing that differs:
 :class:`~collabinfer.runtime.chain.Chain` asks a simulated
 :class:`~collabinfer.runtime.link.Link` how long it took, the device client
@@ -42,11 +49,12 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 
+from collabinfer.cache.reuse import Reuse
 from collabinfer.codec import Encoded, get_codec
 from collabinfer.errors import CodecError, ConfigError, PlanError
 from collabinfer.model.blocks import BlockNet
@@ -149,6 +157,7 @@ class RemoteAnswer(NamedTuple):
     path: tuple[PathEntry, ...]  # the remote's path; it continues the one it was sent
     steps: tuple[Step, ...]  # the remote's steps (its own links: measured round trips)
     fell_back: bool  # the answering tier finished the input itself
+    cached: bool = False  # a tier's semantic cache answered
 
 
 class Engine:
@@ -158,6 +167,7 @@ class Engine:
     a policy offloading past the last tier. ``check_finite`` refuses decoded
     bytes holding NaN or infinity (a server decoding what a client sent).
     ``executor`` replaces the plain block call (a server batching requests).
+    ``reuse`` maps a tier to its semantic cache.
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class Engine:
         num_tiers: int | None = None,
         check_finite: bool = False,
         executor: BlockExecutor | None = None,
+        reuse: Mapping[int, Reuse] | None = None,
     ) -> None:
         charger.check_model(model)
         self.model = model.eval()
@@ -177,6 +188,7 @@ class Engine:
         self.num_tiers = num_tiers
         self.check_finite = check_finite
         self.executor = executor
+        self.reuse = dict(reuse or {})
         self._blocks = tuple(model.blocks)  # ModuleList indexing costs ~1 us a call
 
     def begin(self, x: torch.Tensor, request_id: str | None = None, start_s: float = 0.0) -> State:
@@ -220,6 +232,11 @@ class Engine:
                             raise PlanError("policy asked to continue past the last block")
                         if state.encoded is not None:
                             elapsed += self._decode(state, tier, factor, k)
+                        if state.cache_tier != tier and tier in self.reuse:
+                            state.elapsed_ms = elapsed
+                            if self._probe(state, tier, factor):
+                                return None  # the cache answered
+                            elapsed = state.elapsed_ms
                         if execute is None:
                             block = blocks[k]
                             t0 = perf()
@@ -249,9 +266,39 @@ class Engine:
                             state.encoded = None
                         if state.encoded is not None:
                             elapsed += self._decode(state, tier, factor, state.next_block)
+                        if state.cache_probe is not None:
+                            state.elapsed_ms = elapsed
+                            self._store(state)
+                            elapsed = state.elapsed_ms
                         return None
         finally:
             state.elapsed_ms = elapsed
+
+    def _probe(self, state: State, tier: int, factor: float) -> bool:
+        """Look the arriving State up in this tier's cache; True when it answered."""
+        state.cache_tier = tier
+        probe = self.reuse[tier].probe(state.output, state.next_block)
+        if probe is None:
+            return False
+        state.add_step(Step(StepKind.CACHE, tier, probe.ms * factor, state.next_block, 0, probe.ms))
+        if probe.hit is None:
+            state.cache_probe, state.cache_probe_ms = probe, state.elapsed_ms
+            return False
+        state.z = torch.from_numpy(probe.hit.logits).reshape(1, -1)
+        state.cache_hit = True
+        return True
+
+    def _store(self, state: State) -> None:
+        """The answer of a missed probe is known: keep it (what a hit would have saved:
+        the time from the probe to here)."""
+        probe = state.cache_probe
+        assert probe is not None
+        state.cache_probe = None
+        tier = state.cache_tier
+        saved_ms = state.elapsed_ms - state.cache_probe_ms
+        ms = self.reuse[tier].store(probe, state.output, saved_ms)
+        factor = self.charger.factor_of(tier)
+        state.add_step(Step(StepKind.CACHE, tier, ms * factor, probe.ns.cut, 0, ms))
 
     def _decode(self, state: State, tier: int, factor: float, cut: int) -> float:
         encoded = state.encoded
@@ -324,6 +371,10 @@ class Engine:
         state.tier = answer.tier
         if answer.fell_back:
             state.fell_back_on = answer.tier
+        if answer.cached:
+            state.cache_hit = True
+        if state.cache_probe is not None:  # our miss: keep the answer the next tier sent
+            self._store(state)
 
     def fall_back(self, state: State, handoff: Handoff, sent: bool = False) -> None:
         """The next tier is unreachable: this tier finishes the State (call advance again).

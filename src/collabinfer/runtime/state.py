@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from collabinfer.cache.reuse import Probe
 from collabinfer.codec import Encoded
 from collabinfer.errors import PlanError
 from collabinfer.plan.cost import Plan
@@ -33,9 +34,12 @@ class StepKind(StrEnum):
     REPLY = "reply"  # the answer travelling back over one link
     EXIT = "exit"  # an exit head evaluated
     FALLBACK = "fallback"  # a tier failed and the device took over
+    CACHE = "cache"  # a semantic-cache key, lookup or insert on a tier
 
 
-WORK_KINDS = frozenset((StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE, StepKind.EXIT))
+WORK_KINDS = frozenset(
+    (StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE, StepKind.EXIT, StepKind.CACHE)
+)
 """Steps that are CPU work on a tier (what an emulated tier is charged for)."""
 
 
@@ -124,6 +128,10 @@ class State:
     # the path records whether a block ran for *any* row; a server that batched
     # several requests into one state splits these back per request.
     gate_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    cache_hit: bool = False  # a tier's semantic cache answered
+    cache_tier: int = -1  # the tier whose cache was probed (-1: none yet)
+    cache_probe: Probe | None = None  # that tier's missed probe, stored once answered
+    cache_probe_ms: float = 0.0  # elapsed_ms when it was probed: what a hit would save
 
     @property
     def fell_back(self) -> bool:

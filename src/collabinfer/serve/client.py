@@ -111,6 +111,7 @@ class ClientResult:
     emulated_ms: float  # of latency_ms, the sleep that emulates the slower device
     attempts: int  # posts made (0: the plan kept the input on the device)
     exited_early: bool = False  # an exit head on the device answered (nothing more was sent)
+    cached: bool = False  # the edge's semantic cache answered (no tail ran)
     error: str | None = None  # why the device finished the input itself (one line), if it did
 
 
@@ -311,6 +312,7 @@ class DeviceClient:
             emulated_ms=emulated,
             attempts=outcome.attempts,
             exited_early=state.exited_early,
+            cached=state.cache_hit,
             error=outcome.error if answer is None else None,
         )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collabinfer.cache.keys import KEYS
+from collabinfer.cache.semantic import EVICTIONS
 from collabinfer.errors import ConfigError
 from collabinfer.serve.wire import (
     DEFAULT_MAX_BODY_BYTES,
@@ -64,6 +66,11 @@ class ServerConfig:
     tls_cert: str | None = None  # serve HTTPS with this certificate chain (PEM) ...
     tls_key: str | None = None  # ... and its private key
     next_ca: str | None = None  # CA bundle to verify an https:// next tier (None: system CAs)
+    reuse_mb: float = 0.0  # the semantic cache's size in MiB (0: no cache), shared by all clients
+    reuse_precision: float = 0.99  # hit precision its rule is fitted for (on validation streams)
+    reuse_ttl_s: float | None = None  # an entry older than this never answers
+    reuse_key: str = "features"  # features | latent | projection
+    reuse_eviction: str = "lru"  # lru | lfu | cost
 
     def __post_init__(self) -> None:
         if not self.tier_name:
@@ -95,6 +102,16 @@ class ServerConfig:
             raise ConfigError("breaker_max_s must be >= breaker_base_s")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        if not self.reuse_mb >= 0 or not 0 < self.reuse_precision <= 1:
+            raise ConfigError("--cache-mb must be >= 0 and --cache-precision in (0, 1]")
+        if self.reuse_ttl_s is not None and not self.reuse_ttl_s > 0:
+            raise ConfigError(f"--cache-ttl-s must be > 0, got {self.reuse_ttl_s}")
+        if self.reuse_key not in KEYS or self.reuse_eviction not in EVICTIONS:
+            raise ConfigError(
+                f"--cache-key must be one of {KEYS} and --cache-eviction one of {EVICTIONS}"
+            )
+        if self.reuse_mb > 0 and self.tier_index is None:
+            raise ConfigError("a semantic cache needs a known tier index (name it edge or cloud)")
 
 
 def parse_blocks(spec: str | None) -> tuple[int, int | None]:

@@ -51,13 +51,14 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from collabinfer.cache.reuse import Reuse
 from collabinfer.errors import CodecError, ConfigError, LinkError, LinkTimeout
 from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.profile import Profile, median_ms, profile_model
 from collabinfer.runtime.breaker import CircuitBreaker
 from collabinfer.runtime.engine import Charger, Engine, Handoff, RemoteAnswer
 from collabinfer.runtime.policy import PlanFollower
-from collabinfer.runtime.state import State
+from collabinfer.runtime.state import State, StepKind
 from collabinfer.serve.batching import BlockBatcher
 from collabinfer.serve.config import ServerConfig
 from collabinfer.serve.http import client_tls, post_capped
@@ -109,6 +110,7 @@ class TierHandler:
         model_name: str,
         next_transport: httpx.AsyncBaseTransport | None = None,
         profile: Profile | None = None,
+        reuse: Reuse | None = None,
     ) -> None:
         stop = model.num_blocks if config.stop is None else config.stop
         if stop > model.num_blocks:
@@ -126,6 +128,11 @@ class TierHandler:
             max_decoded_bytes=config.max_decoded_bytes,
         )
         self.metrics = ServerMetrics(config.tier_name)
+        self.reuse = reuse
+        if reuse is not None:
+            if config.tier_index is None:
+                raise ConfigError("a semantic cache needs a known tier index", model=model_name)
+            self.metrics.watch(reuse.cache)
         self.profile = profile
         self.breaker = CircuitBreaker(config.breaker_base_s, config.breaker_max_s)
         self.auth = AuthThrottle(config.auth_failures, config.auth_window_s)
@@ -160,6 +167,7 @@ class TierHandler:
                 Charger.for_tier(c.speed_factor, self.profile),
                 check_finite=True,
                 executor=batcher if batcher is not None else self._count_single,
+                reuse=None if self.reuse is None else {c.tier_index or 0: self.reuse},
             )
             self._executor = ThreadPoolExecutor(workers, thread_name_prefix="collabinfer-compute")
         if self._client is None and c.next_url is not None:
@@ -406,7 +414,24 @@ class TierHandler:
             engine.answered(state, answer)
             break
         server_ms = (time.perf_counter() - t0) * 1e3
+        if self.reuse is not None:
+            self._observe_reuse(state)
         return encode_response(ResponseBody.from_state(state, server_ms))
+
+    def _observe_reuse(self, state: State) -> None:
+        """The cache's share of this request (its lookup, and the insert after a miss)."""
+        mine = [s for s in state.trace.steps if s.kind == StepKind.CACHE and s.tier == state.tier]
+        hist = self.metrics.reuse_seconds
+        for i, step in enumerate(mine):
+            hist.labels("lookup" if i == 0 else "insert").observe(step.wall_ms / 1e3)
+
+    def reuse_stats(self) -> dict[str, Any]:
+        """``GET /v2/cache``: the semantic cache's counters and the rule per cut."""
+        if self.reuse is None:
+            raise WireError("this tier runs no semantic cache (serve --cache-mb)", 404, "cache")
+        rules = {str(c): r.to_json() for c, r in sorted(self.reuse.rules.items())}
+        keys = {str(c): k.version for c, k in sorted(self.reuse.keys.items())}
+        return {**self.reuse.cache.stats().to_json(), "rules": rules, "keys": keys}
 
     def _hosts_the_rest(self, state: State) -> bool:
         """Whether this tier can finish the State itself (it hosts every block left)."""

@@ -7,11 +7,18 @@ global registry. ``GET /metrics`` renders :meth:`ServerMetrics.render`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collabinfer.cache.semantic import SemanticCache
 
 PREFIX = "collabinfer_server"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+LOOKUP_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 
 
 class ServerMetrics:
@@ -54,7 +61,41 @@ class ServerMetrics:
         )
         self.info = Gauge(f"{p}_info", "static labels of this server", ["tier"], registry=reg)
         self.info.labels(tier).set(1)
+        self.reuse_seconds = Histogram(
+            f"{p}_semantic_cache_seconds",
+            "semantic cache work per request: key + lookup, and the insert after a miss",
+            ["op"],
+            buckets=LOOKUP_BUCKETS,
+            registry=reg,
+        )
+
+    def watch(self, cache: SemanticCache) -> None:
+        """Export the semantic cache's counters, read from the cache at each scrape."""
+        self.registry.register(_CacheCollector(cache))
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _CacheCollector(Collector):
+    """Hits, misses, evictions, entries and bytes of a semantic cache, at scrape time
+    (read from its own counters, so nothing is counted twice)."""
+
+    def __init__(self, cache: SemanticCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.cache.stats()
+        p = f"{PREFIX}_semantic_cache"
+        for name, value, what in (
+            ("hits", st.hits, "lookups the cache answered"),
+            ("misses", st.misses, "lookups it did not"),
+            ("inserts", st.inserts, "answers stored"),
+            ("evictions", st.evictions, "entries evicted for room"),
+            ("expired", st.expired, "entries dropped by their TTL"),
+        ):
+            yield CounterMetricFamily(f"{p}_{name}", what, value=value)
+        yield GaugeMetricFamily(f"{p}_entries", "entries held", value=st.entries)
+        yield GaugeMetricFamily(f"{p}_bytes", "bytes allocated", value=st.bytes)
+        yield GaugeMetricFamily(f"{p}_max_bytes", "the byte budget", value=st.max_bytes)

@@ -95,6 +95,7 @@ RESPONSE_SCHEMA: dict[str, Any] = {
         "steps",
         "server_ms",
         "fell_back",
+        "cached",
     ],
     "properties": {
         "request_id": {"type": "string"},
@@ -109,6 +110,10 @@ RESPONSE_SCHEMA: dict[str, Any] = {
         "steps": {"type": "array", "items": _STEP},
         "server_ms": {"type": "number", "description": "wall time inside this server"},
         "fell_back": {"type": "boolean"},
+        "cached": {
+            "type": "boolean",
+            "description": "the edge's semantic cache answered (no tail ran)",
+        },
     },
 }
 

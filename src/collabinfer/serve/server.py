@@ -39,12 +39,16 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from collabinfer.cache.reuse import Reuse
+from collabinfer.cache.semantic import SemanticCache
+from collabinfer.data.fashion_mnist import load_split
 from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.bottleneck import deploy
 from collabinfer.model.gates import gate_net
 from collabinfer.model.zoo import create_model, model_spec
 from collabinfer.plan.profile import Profile
+from collabinfer.progress import ProgressFn
 from collabinfer.serve.config import TIER_INDEX, ServerConfig
 from collabinfer.serve.handler import TierHandler, error_response
 from collabinfer.serve.http import uvicorn_config
@@ -58,10 +62,12 @@ from collabinfer.train.bottleneck import (
     default_variational_bottleneck,
 )
 from collabinfer.train.gates import GATES_SUFFIX, default_gates
+from collabinfer.train.reuse import ProjectionConfig, RuleConfig, edge_reuse, train_projection
 
 __all__ = [
     "TIER_INDEX",
     "ServerConfig",
+    "build_reuse",
     "create_app",
     "free_port",
     "load_served_model",
@@ -77,10 +83,12 @@ def create_app(
     *,
     next_transport: httpx.AsyncBaseTransport | None = None,
     profile: Profile | None = None,
+    reuse: Reuse | None = None,
 ) -> FastAPI:
     """The FastAPI app of one tier. ``next_transport`` (tests) replaces the network to
-    next; ``profile`` charges an emulated tier (else it profiles the model at startup)."""
-    server = TierHandler(config, model, model_name, next_transport, profile)
+    next; ``profile`` charges an emulated tier (else it profiles the model at startup);
+    ``reuse``: the tier's semantic cache (:func:`build_reuse`)."""
+    server = TierHandler(config, model, model_name, next_transport, profile, reuse)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +143,11 @@ def create_app(
         server.authorize(request)
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/v2/cache")
+    async def cache_stats(request: Request) -> dict[str, Any]:
+        server.authorize(request)
+        return server.reuse_stats()
+
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> JSONResponse:
         server.authorize(request)
@@ -176,6 +189,40 @@ def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> Bloc
     return model
 
 
+def build_reuse(
+    config: ServerConfig, model: BlockNet, model_name: str, progress: ProgressFn | None = None
+) -> Reuse:
+    """The tier's semantic cache: ``config.reuse_mb`` MiB, a key and a hit rule for every
+    cut a request may arrive at (the hosted blocks', from cut 1: the cache keys on
+    features, never on a raw image), the rules fitted on validation streams for
+    ``config.reuse_precision`` (cached after the first start). The projection key is
+    trained for one cut, the first hosted one, and must be trained already."""
+    stop = model.num_blocks if config.stop is None else config.stop
+    first = max(config.start, 1)
+    cuts = range(first, first + 1) if config.reuse_key == "projection" else range(first, stop)
+    cache = SemanticCache(int(config.reuse_mb * 2**20), config.reuse_eviction, config.reuse_ttl_s)
+    try:
+        val = load_split("val")
+        projection = None
+        if config.reuse_key == "projection":
+            projection = train_projection(
+                model, load_split("train"), ProjectionConfig(cut=first), may_train=False
+            )
+        return edge_reuse(
+            model,
+            model_name,
+            cuts,
+            cache,
+            val,
+            key=config.reuse_key,
+            config=RuleConfig(target=config.reuse_precision),
+            projection=projection,
+            progress=progress,
+        )
+    except (CheckpointError, DataError) as e:
+        raise CollabInferError(f"the semantic cache cannot start: {e}") from None
+
+
 def _load_bottleneck(base: str, untrained: bool, seed: int, variational: bool = False) -> BlockNet:
     """The teacher's tail behind the default learned bottleneck, its codec registered;
     ``variational``: the variational one, whose encoder samples afresh on every call
@@ -212,7 +259,9 @@ def serve_main(
     seed: int = 0,
 ) -> None:
     """Load the model and serve it with uvicorn until interrupted (the CLI's body)."""
-    app = create_app(config, load_served_model(model_name, untrained, seed), model_name)
+    model = load_served_model(model_name, untrained, seed)
+    reuse = build_reuse(config, model, model_name) if config.reuse_mb > 0 else None
+    app = create_app(config, model, model_name, reuse=reuse)
     _raise_fd_limit()
     uvicorn.Server(server_config(app, config, host, port)).run()
 

@@ -480,6 +480,7 @@ class ResponseBody:
     steps: tuple[Step, ...]
     server_ms: float  # wall time inside the first server that answered
     fell_back: bool
+    cached: bool = False  # a tier's semantic cache answered (absent from older tiers: False)
 
     @classmethod
     def from_output(
@@ -491,6 +492,7 @@ class ResponseBody:
         steps: Sequence[Step],
         server_ms: float,
         fell_back: bool,
+        cached: bool = False,
     ) -> ResponseBody:
         rows = output.detach().reshape(output.shape[0], -1).float()
         return cls(
@@ -502,6 +504,7 @@ class ResponseBody:
             tuple(steps),
             server_ms,
             fell_back,
+            cached,
         )
 
     @classmethod
@@ -515,6 +518,7 @@ class ResponseBody:
             state.trace.steps,
             server_ms,
             state.fell_back,
+            state.cache_hit,
         )
 
     def output_tensor(self) -> torch.Tensor:
@@ -523,7 +527,9 @@ class ResponseBody:
 
     def to_answer(self) -> RemoteAnswer:
         """What the engine merges into the sender's State."""
-        return RemoteAnswer(self.output_tensor(), self.tier, self.path, self.steps, self.fell_back)
+        return RemoteAnswer(
+            self.output_tensor(), self.tier, self.path, self.steps, self.fell_back, self.cached
+        )
 
 
 def encode_response(body: ResponseBody) -> bytes:
@@ -559,6 +565,9 @@ def decode_response(data: bytes) -> ResponseBody:
             raise ValueError("step blocks must be ints or null")
         if not isinstance(obj["fell_back"], bool) or not isinstance(obj["request_id"], str):
             raise ValueError("fell_back must be a bool and request_id a string")
+        cached = obj.get("cached", False)
+        if not isinstance(cached, bool):
+            raise ValueError("cached must be a bool")
         return ResponseBody(
             request_id=obj["request_id"],
             tier=_int(obj["tier"]),
@@ -568,6 +577,7 @@ def decode_response(data: bytes) -> ResponseBody:
             steps=steps,
             server_ms=_finite(obj["server_ms"]),
             fell_back=obj["fell_back"],
+            cached=cached,
         )
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError, CodecError) as e:
         raise WireError(

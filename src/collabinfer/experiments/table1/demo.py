@@ -56,10 +56,13 @@ def run_demo(
     progress: ProgressFn | None = None,
     log_dir: Path | None = None,
 ) -> Table1Result:
-    """Table 1 on the Fashion-MNIST test split, every row on one thread; the
-    privacy column's attacker trains on the training split."""
+    """Table 1 on the Fashion-MNIST test split (or a workload stream over it), every
+    row on one thread; the privacy column's attacker trains on the training split,
+    the semantic cache's rules are fitted on the validation split."""
     models = prepare_models(cfg, data_root, cache, progress)
     test = load_split("test", data_root)
-    aux = load_split("train", data_root) if cfg.privacy else None
+    needs_train = cfg.privacy or (cfg.workload != "iid" and cfg.cache_key == "projection")
+    aux = load_split("train", data_root) if needs_train else None
+    val = load_split("val", data_root) if cfg.workload != "iid" else None
     with one_thread():
-        return run_table1(cfg, models, test, progress, cache, log_dir, aux)
+        return run_table1(cfg, models, test, progress, cache, log_dir, aux, val)

@@ -46,7 +46,7 @@ from collabinfer.experiments.table1.rows import (
 from collabinfer.experiments.table1.schema import Row, Table1Config
 from collabinfer.progress import ProgressFn, report
 from collabinfer.runtime.link import BandwidthTrace
-from collabinfer.runtime.state import StepKind
+from collabinfer.runtime.state import WORK_KINDS
 from collabinfer.serve.client import DeviceClient, RunSummary
 from collabinfer.serve.server import free_port
 from collabinfer.topology.links import LinkProfile, get_profile
@@ -86,12 +86,19 @@ def _cli(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def tier_process(
-    tier: str, model: str, port: int, next_url: str | None, cache: Path | None, log: Path | None
+    tier: str,
+    model: str,
+    port: int,
+    next_url: str | None,
+    cache: Path | None,
+    log: Path | None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready."""
     cmd = _cli(
         "serve", "--tier", tier, "--model", model, "--host", "127.0.0.1", "--port", str(port)
     )
+    cmd += list(options)
     if next_url:
         cmd += ["--next", next_url]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -188,8 +195,13 @@ def run_real_row(
                 workdir,
             )
         )
+        reuse: tuple[str, ...] = ()
+        if cfg.workload != "iid":  # the edge's semantic cache, as in the virtual row
+            reuse = ("--cache-mb", str(cfg.cache_mb), "--cache-key", cfg.cache_key)
         edge = stack.enter_context(
-            tier_process("edge", model_name, edge_port, f"http://{wan_at}", cache, log("edge"))
+            tier_process(
+                "edge", model_name, edge_port, f"http://{wan_at}", cache, log("edge"), reuse
+            )
         )
         access_at = stack.enter_context(
             relay_process(
@@ -223,12 +235,7 @@ def run_real_row(
         summary = asyncio.run(go())
     results = summary.results
     edge_ms = [
-        sum(
-            s.wall_ms
-            for s in r.steps
-            if s.tier == 1 and s.kind in (StepKind.COMPUTE, StepKind.ENCODE, StepKind.DECODE)
-        )
-        for r in results
+        sum(s.wall_ms for s in r.steps if s.tier == 1 and s.kind in WORK_KINDS) for r in results
     ]
     plans = Counter(r.plan.describe(deployed.net.block_names) for r in results)
     sends = Counter(
@@ -250,6 +257,7 @@ def run_real_row(
         num_inputs=len(results),
         exited_on_device=float(np.mean([r.exited_early for r in results])) if results else 0.0,
         sends=describe_sends(sends),
+        cache_hits=float(np.mean([r.cached for r in results])) if reuse and results else None,
     )
     info = {
         "real_sockets": {

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collabinfer.cache.reuse import Reuse
 from collabinfer.data.fashion_mnist import Dataset
 from collabinfer.experiments.table1.schema import Row, Table1Config
 from collabinfer.model.blocks import BlockNet
@@ -81,6 +82,7 @@ class Setting:
     full_profile: Profile
     local_profile: Profile
     collab: Deployed
+    reuse: Reuse | None = None  # the collabinfer rows' edge cache (keys and rules; emptied per row)
 
     @property
     def access(self) -> LinkProfile:
@@ -113,6 +115,7 @@ class RowSetup:
     links: list[SimulatedLink]
     policy: Policy
     profile: Profile
+    reuse: Reuse | None = None  # the edge's semantic cache (a fresh one per row)
 
 
 def build_trace(cfg: Table1Config, duration_s: float) -> BandwidthTrace | None:
@@ -189,7 +192,8 @@ def _collabinfer(s: Setting) -> RowSetup:
     tiers = s.cfg.tiers()
     c = s.collab
     policy = collab_policy(s.cfg, c.profile, tiers, c.exits)
-    return RowSetup(c.net, tiers, s.links(2), policy, c.profile)
+    reuse = s.reuse.emptied() if s.reuse is not None else None
+    return RowSetup(c.net, tiers, s.links(2), policy, c.profile, reuse)
 
 
 ROW_BUILDERS: dict[str, Callable[[Setting], RowSetup]] = {
@@ -224,10 +228,13 @@ def run_virtual_row(
     paradigm: str, setup: RowSetup, s: Setting, progress: ProgressFn | None = None
 ) -> tuple[Row, list[float]]:
     """Every input through the chain on the virtual clock; the row and its latencies."""
-    chain = Chain(setup.model, setup.tiers, setup.links, setup.policy, profile=setup.profile)
+    reuse = {1: setup.reuse} if setup.reuse is not None else None
+    chain = Chain(
+        setup.model, setup.tiers, setup.links, setup.policy, profile=setup.profile, reuse=reuse
+    )
     data, interval = s.data, s.cfg.arrival_interval_s
     lat: list[float] = []
-    correct = sent = fallbacks = exited = 0
+    correct = sent = fallbacks = exited = hits = 0
     raw = False
     edge_ms = 0.0
     plans: Counter[str] = Counter()
@@ -246,6 +253,7 @@ def run_virtual_row(
             edge_ms += st.trace.wall_ms(1)
         fallbacks += int(st.fell_back)
         exited += int(st.exited_early)
+        hits += int(st.cache_hit)
         if st.plan is not None:
             plans[st.plan.describe(setup.model.block_names)] += 1
         report(progress, paradigm, i + 1, len(data))
@@ -264,5 +272,6 @@ def run_virtual_row(
         num_inputs=n,
         exited_on_device=exited / n,
         sends=describe_sends(sends),
+        cache_hits=hits / n if setup.reuse is not None else None,
     )
     return row, lat

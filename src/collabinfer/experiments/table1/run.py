@@ -20,13 +20,17 @@ makes them choose among feature cuts instead of trivially sending the image.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from collabinfer.cache.reuse import Reuse
+from collabinfer.cache.semantic import SemanticCache
 from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.data.workloads import WorkloadConfig, make_stream
 from collabinfer.errors import ConfigError
 from collabinfer.experiments.table1.candidates import BottleneckCandidate, DynamicCandidate
 from collabinfer.experiments.table1.privacy import privacy_column
@@ -43,6 +47,7 @@ from collabinfer.model.blocks import BlockNet
 from collabinfer.plan.profile import Profile
 from collabinfer.progress import ProgressFn
 from collabinfer.topology.tiers import describe_tiers
+from collabinfer.train.reuse import ProjectionConfig, edge_reuse, train_projection
 
 __all__ = ["Table1Models", "choose_deployment", "run_table1"]
 
@@ -104,15 +109,21 @@ def run_table1(
     cache: Path | None = None,
     log_dir: Path | None = None,
     aux: Dataset | None = None,
+    val: Dataset | None = None,
 ) -> Table1Result:
     """Run every row on the same inputs, trace and tiers; return rows + latency samples.
+
+    With a workload other than ``iid`` the inputs are that request stream over
+    the test images, and the collabinfer rows' edge runs the semantic cache,
+    its rules fitted on ``val`` (and, for the projection key, its projection
+    trained on ``aux``, the training split).
 
     With ``cfg.privacy`` and the attacker's data ``aux`` (the training split),
     each row's ``privacy_ssim`` is measured on the first ``cfg.privacy_images``
     of the row's inputs (:mod:`~collabinfer.experiments.table1.privacy`).
     """
     torch.manual_seed(0)
-    data = test.subset(cfg.num_inputs, cfg.subset_seed)
+    data = workload_inputs(cfg, test)
     trace = build_trace(cfg, len(data) * cfg.arrival_interval_s + 10.0)
     plain = Deployed(cfg.full_model, models.full, models.full_profile)
     setting = Setting(
@@ -131,7 +142,17 @@ def run_table1(
             f"the privacy bound reads an assessment of {cfg.full_model}, but the collabinfer "
             f"row deploys {deployed.name}: pass --no-dynamic --no-bottleneck with it"
         )
-    setting = dataclasses.replace(setting, collab=deployed)
+    reuse = None
+    if cfg.workload != "iid":
+        if val is None:
+            raise ConfigError(f"the {cfg.workload} workload's cache needs the validation split")
+        reuse = _edge_cache(cfg, deployed, val, aux, progress)
+        extra["cache"] = {
+            "key": cfg.cache_key,
+            "mb": cfg.cache_mb,
+            "rules": {str(c): r.to_json() for c, r in sorted(reuse.rules.items())},
+        }
+    setting = dataclasses.replace(setting, collab=deployed, reuse=reuse)
     rows: list[Row] = []
     samples: dict[str, list[float]] = {}
     for paradigm in cfg.paradigms:
@@ -142,7 +163,11 @@ def run_table1(
         rows.append(row)
         samples[name] = lat
         if virtual:  # the same policy over real sockets, on a subset, in wall time
-            real_data = data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
+            real_data = (
+                _head(data, cfg.real_inputs)
+                if reuse
+                else data.subset(min(cfg.real_inputs, len(data)), cfg.subset_seed)
+            )
             row, lat, info = run_real_row(cfg, deployed, real_data, trace, cache, progress, log_dir)
             extra.update(info)
             rows.append(row)
@@ -155,6 +180,56 @@ def run_table1(
         aux = aux.subset(cfg.privacy_aux, cfg.subset_seed + 1)
         rows = list(privacy_column(rows, sender, aux, scored, progress))
     return Table1Result(_conditions(cfg, setting, extra), tuple(rows), samples)
+
+
+def workload_inputs(cfg: Table1Config, test: Dataset) -> Dataset:
+    """The rows' inputs: the seeded test subset (``iid``), or a stream with locality of
+    ``num_inputs`` requests over the test images, in arrival order."""
+    if cfg.workload == "iid":
+        return test.subset(cfg.num_inputs, cfg.subset_seed)
+    wl = WorkloadConfig(length=cfg.num_inputs)
+    stream = make_stream(cfg.workload, test.images, test.labels, seed=cfg.workload_seed, config=wl)
+    tag = f"{test.digest}:{cfg.workload}:{cfg.workload_seed}:{len(stream)}"
+    digest = hashlib.sha256(tag.encode()).hexdigest()
+    return Dataset(stream.images, stream.labels, test.split, test.source, digest)
+
+
+def _head(data: Dataset, n: int) -> Dataset:
+    """The first ``n`` requests of a stream (a random subset would break its locality)."""
+    if n >= len(data):
+        return data
+    digest = hashlib.sha256(f"{data.digest}:head{n}".encode()).hexdigest()
+    return Dataset(data.images[:n], data.labels[:n], data.split, data.source, digest)
+
+
+def _edge_cache(
+    cfg: Table1Config,
+    deployed: Deployed,
+    val: Dataset,
+    train: Dataset | None,
+    progress: ProgressFn | None,
+) -> Reuse:
+    """The semantic cache of the collabinfer rows' edge: a key at every cut the device
+    may send (only cut 1 for the projection key, which is trained for one cut)."""
+    net = deployed.net
+    projection = None
+    cuts: range = range(1, net.num_blocks)  # what a tier server caches too (build_reuse)
+    if cfg.cache_key == "projection":
+        if train is None:
+            raise ConfigError("the projection key needs the training split")
+        projection = train_projection(net, train, ProjectionConfig(cut=1), progress=progress)
+        cuts = range(1, 2)
+    cache = SemanticCache(int(cfg.cache_mb * 2**20))
+    return edge_reuse(
+        net,
+        deployed.name,
+        cuts,
+        cache,
+        val,
+        key=cfg.cache_key,
+        projection=projection,
+        progress=progress,
+    )
 
 
 def _conditions(cfg: Table1Config, s: Setting, extra: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +251,7 @@ def _conditions(cfg: Table1Config, s: Setting, extra: dict[str, Any]) -> dict[st
         "subset_seed": cfg.subset_seed,
         "full_model": cfg.full_model,
         "local_model": cfg.local_model,
+        "workload": cfg.workload,
         "private_splits": cfg.private_splits,
         "max_attack_ssim": cfg.max_attack_ssim,
         "ewma_alpha": cfg.ewma_alpha,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from collabinfer.cache.keys import KEYS
+from collabinfer.data.workloads import WORKLOADS
 from collabinfer.errors import ConfigError
 from collabinfer.topology.links import get_profile
 from collabinfer.topology.tiers import (
@@ -65,12 +67,23 @@ class Table1Config:
     privacy_images: int = 48  # test images the attacks are scored on
     privacy_aux: int = 2000  # the attacker's training images (training split)
     paradigms: tuple[str, ...] = PARADIGMS
+    # The request stream (data/workloads.py): "iid" is the plain test subset (no cache);
+    # "video" and "multi-client" are streams with locality over test images, and the
+    # collabinfer rows' edge runs the semantic cache on them.
+    workload: str = "iid"
+    workload_seed: int = 1000  # test streams; the cache's rules are fitted on seeds < 1000
+    cache_mb: float = 64.0
+    cache_key: str = "features"
 
     def __post_init__(self) -> None:
         get_profile(self.link)
         get_profile(self.wan)
         if self.num_inputs < 1 or self.arrival_interval_s <= 0:
             raise ConfigError("num_inputs and arrival_interval_s must be positive")
+        if self.workload not in WORKLOADS:
+            raise ConfigError(f"unknown workload {self.workload!r}; choose one of {WORKLOADS}")
+        if self.cache_key not in KEYS or not self.cache_mb > 0:
+            raise ConfigError(f"cache key must be one of {KEYS} and cache_mb > 0")
         unknown = set(self.paradigms) - set(PARADIGMS)
         if unknown:
             raise ConfigError(f"unknown paradigms {sorted(unknown)}; choose from {PARADIGMS}")
@@ -108,6 +121,7 @@ class Row:
     exited_on_device: float = 0.0  # fraction of inputs answered by a device exit (0 bytes)
     sends: str = ""  # what left the device, "cut:codec" by frequency ("0:u8" is the image)
     privacy_ssim: float | None = None  # the strongest inversion attack's SSIM on those sends
+    cache_hits: float | None = None  # fraction answered by the edge's semantic cache (None: none)
 
 
 _ROW_TYPES: dict[str, tuple[type, ...]] = {
@@ -125,6 +139,7 @@ _ROW_TYPES: dict[str, tuple[type, ...]] = {
     "exited_on_device": (int, float),
     "sends": (str,),
     "privacy_ssim": (type(None), int, float),
+    "cache_hits": (type(None), int, float),
 }
 _CONDITION_KEYS = (
     "link_profile",
