@@ -20,8 +20,10 @@ Example::
     torch.Size([1, 10])
 """
 
+from collabinfer.cache import HitRule, Reuse, SemanticCache, solve_rule
 from collabinfer.codec import Codec, Encoded, TensorHeader, get_codec, list_codecs, register_codec
 from collabinfer.data import Dataset, load_split, synthetic_dataset
+from collabinfer.data.workloads import WorkloadConfig, make_stream
 from collabinfer.errors import (
     CheckpointError,
     CodecError,
@@ -79,6 +81,7 @@ __all__ = [
     "ExitProblem",
     "ExitRule",
     "ExitingPolicy",
+    "HitRule",
     "Link",
     "LinkError",
     "LinkEstimator",
@@ -93,6 +96,8 @@ __all__ = [
     "Policy",
     "PowerModel",
     "Profile",
+    "Reuse",
+    "SemanticCache",
     "SimulatedLink",
     "State",
     "StaticPolicy",
@@ -103,6 +108,7 @@ __all__ = [
     "TierSpec",
     "Trace",
     "TrainConfig",
+    "WorkloadConfig",
     "__version__",
     "create_model",
     "evaluate_plan",
@@ -112,9 +118,11 @@ __all__ = [
     "list_codecs",
     "list_models",
     "load_split",
+    "make_stream",
     "profile_model",
     "register_codec",
     "register_model",
+    "solve_rule",
     "solve_thresholds",
     "synthetic_dataset",
     "synthetic_trace",

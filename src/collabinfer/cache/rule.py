@@ -113,6 +113,7 @@ class Simulation:
     correct: int  # hits whose label equals the model's own answer
     hit_flags: np.ndarray  # (requests,) bool, the streams concatenated
     answers: np.ndarray  # (requests,) the label answered (cached on a hit, else the model's)
+    per_stream: tuple[tuple[int, int], ...] = ()  # (hits, correct) of each stream
 
     @property
     def hit_rate(self) -> float:
@@ -121,6 +122,11 @@ class Simulation:
     @property
     def precision(self) -> float:
         return self.correct / self.hits if self.hits else 1.0
+
+    @property
+    def worst_precision(self) -> float:
+        """The lowest precision over the streams that hit at all (1.0: none did)."""
+        return min((c / h for h, c in self.per_stream if h), default=1.0)
 
 
 @dataclass(frozen=True)
@@ -207,17 +213,17 @@ def simulate(streams: Sequence[Stream], rule: HitRule) -> Simulation:
 
 
 def _simulate(prepared: Sequence[_Prepared], rule: HitRule) -> Simulation:
-    flags, answers = [], []
+    flags, answers, per_stream = [], [], []
     for p in prepared:
         h, a = _replay(p, rule)
         flags.append(h)
         answers.append(a)
+        per_stream.append((int(h.sum()), int((h & (a == p.labels)).sum())))
     hit_flags = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
     answered = np.concatenate(answers) if answers else np.zeros(0, dtype=np.int64)
-    truth = np.concatenate([p.labels for p in prepared]) if prepared else answered
-    hits = int(hit_flags.sum())
-    correct = int((hit_flags & (answered == truth)).sum())
-    return Simulation(len(hit_flags), hits, correct, hit_flags, answered)
+    hits = sum(h for h, _ in per_stream)
+    correct = sum(c for _, c in per_stream)
+    return Simulation(len(hit_flags), hits, correct, hit_flags, answered, tuple(per_stream))
 
 
 def tau_grid(streams: Sequence[Stream], levels: int) -> np.ndarray:
@@ -246,8 +252,12 @@ def solve_rule(
     levels: int = TAU_LEVELS,
     confidences: Sequence[float] = DEFAULT_CONFIDENCES,
 ) -> RuleFit:
-    """The rule with the most hits whose precision reaches ``target`` (ties: smaller tau,
-    then smaller k, then lower floor); :data:`OFF` when none does."""
+    """The rule with the most hits whose precision reaches ``target`` on *every* stream
+    that hits (ties: smaller tau, then smaller k, then lower floor); :data:`OFF` when
+    none does. Per stream, because the edge cannot tell a video stream from an
+    i.i.d. one: a rule precise on the pooled hits can still be imprecise on the
+    stream whose hits are rare look-alikes (measured: 99 % pooled on validation,
+    96-97 % on the i.i.d. test stream)."""
     if not 0.0 < target <= 1.0:
         raise ConfigError(f"the precision target must be in (0, 1], got {target}")
     taus = tau_grid(streams, levels)
@@ -266,8 +276,8 @@ def solve_rule(
                 grid.append(
                     GridPoint(rule.k, rule.tau, rule.min_confidence, sim.hit_rate, sim.precision)
                 )
-                if sim.hits == 0 or sim.precision < target:
-                    continue
+                if sim.hits == 0 or sim.worst_precision < target:
+                    continue  # every stream must reach it: the edge cannot tell them apart
                 score = (sim.hits, -rule.tau, -rule.k, -rule.min_confidence)
                 if best is None or score > best:
                     best, best_sim, best_rule = score, sim, rule
