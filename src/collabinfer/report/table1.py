@@ -98,6 +98,7 @@ class Conditions:
     trace_volatility: float | None = None
     trace_mean_mbps: float | None = None
     collabinfer_bottleneck: Bottleneck | None = None
+    workload: str = "iid"
 
     def __post_init__(self) -> None:
         trace = (self.trace_seed, self.trace_volatility, self.trace_mean_mbps)
@@ -121,9 +122,14 @@ def _conditions_lines(c: Conditions, rows: tuple[Row, ...]) -> list[str]:
     )
     how = "; ".join(f"{r.paradigm} on {r.measured_on} ({r.num_inputs:,} inputs)" for r in rows)
     lines = [
-        f"- Inputs: {c.num_inputs} Fashion-MNIST test images "
-        f"(subset seed {c.subset_seed}), batch 1, "
-        f"one every {c.arrival_interval_s * 1e3:.0f} ms.",
+        (
+            f"- Inputs: {c.num_inputs} Fashion-MNIST test images (subset seed {c.subset_seed})"
+            if c.workload == "iid"
+            else f"- Inputs: a {c.workload} stream of {c.num_inputs} requests over the "
+            "Fashion-MNIST test images (docs/reuse.md); the collabinfer rows' edge runs "
+            "the semantic cache"
+        )
+        + f", batch 1, one every {c.arrival_interval_s * 1e3:.0f} ms.",
         f"- Models: full `{c.full_model}`, local `{c.local_model}`.",
         f"- Tiers: {c.tier_labels}. Compute: {c.compute}. "
         f"The full model would take {c.full_model_device_ms:.0f} ms on the device.",
