@@ -24,7 +24,10 @@ at most ``max_in_flight`` requests are admitted (503 with ``Retry-After``
 beyond), and one whose deadline passed while it queued is not computed. A
 request whose client went away is not computed either. Answers are cached by
 ``request_id`` *and* the body's digest, so a retry is never computed twice and
-a reused id with another body is a 409, never someone else's answer.
+a reused id with another body is a 409, never someone else's answer. (That
+retry cache is not the *semantic* cache: with ``reuse``, the engine looks a
+request up by its features before the first block and flags a hit
+``cached: true``; docs/reuse.md.)
 
 Compute (and codec work) runs on a worker thread, never on the event loop;
 with a batch window, the workers share block calls (:mod:`~collabinfer.serve.batching`).
