@@ -187,7 +187,7 @@ def test_demo_on_a_video_stream_runs_the_edge_cache(cache: Path, tmp_path: Path)
     `collabinfer serve --cache-mb` subprocess) answers repeats from its cache; the
     paradigm rows have none."""
     out = tmp_path / "video"
-    args = ["demo", "--workload", "video", "--num-inputs", "240", "--real-inputs", "120"]
+    args = ["demo", "--workload", "video", "--num-inputs", "240", "--real-inputs", "240"]
     args += ["--no-privacy", "--out", str(out), "--cache", str(cache)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output

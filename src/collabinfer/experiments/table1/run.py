@@ -146,7 +146,7 @@ def run_table1(
     if cfg.workload != "iid":
         if val is None:
             raise ConfigError(f"the {cfg.workload} workload's cache needs the validation split")
-        reuse = _edge_cache(cfg, deployed, val, aux, progress)
+        reuse = _edge_cache(cfg, deployed, val, aux, cache, progress)
         extra["cache"] = {
             "key": cfg.cache_key,
             "mb": cfg.cache_mb,
@@ -207,17 +207,21 @@ def _edge_cache(
     deployed: Deployed,
     val: Dataset,
     train: Dataset | None,
+    checkpoints: Path | None,
     progress: ProgressFn | None,
 ) -> Reuse:
     """The semantic cache of the collabinfer rows' edge: a key at every cut the device
-    may send (only cut 1 for the projection key, which is trained for one cut)."""
+    may send (only cut 1 for the projection key, which is trained for one cut). Its
+    rules (and projection) go to ``checkpoints``, the cache the real-socket edge reads."""
     net = deployed.net
     projection = None
     cuts: range = range(1, net.num_blocks)  # what a tier server caches too (build_reuse)
     if cfg.cache_key == "projection":
         if train is None:
             raise ConfigError("the projection key needs the training split")
-        projection = train_projection(net, train, ProjectionConfig(cut=1), progress=progress)
+        projection = train_projection(
+            net, train, ProjectionConfig(cut=1), checkpoints, progress=progress
+        )
         cuts = range(1, 2)
     cache = SemanticCache(int(cfg.cache_mb * 2**20))
     return edge_reuse(
@@ -228,6 +232,7 @@ def _edge_cache(
         val,
         key=cfg.cache_key,
         projection=projection,
+        checkpoints=checkpoints,
         progress=progress,
     )
 
