@@ -10,7 +10,8 @@ Callers catch the narrowest class that lets them recover: the device catches
     ├── ConfigError        a value the user gave is invalid or unknown
     ├── DataError          the dataset is missing, truncated or fails its checksum
     ├── ModelError         unknown model name, bad cut index, shape mismatch
-    │   └── CheckpointError  corrupt, truncated or mismatched checkpoint file
+    │   ├── CheckpointError  corrupt, truncated or mismatched checkpoint file
+    │   └── PackageError     a model package that is truncated, tampered or too new
     ├── CodecError         bytes that do not decode, unknown codec
     ├── PlanError          no feasible plan for the given constraints
     ├── LinkError          a transfer between tiers failed
@@ -54,6 +55,10 @@ class ModelError(CollabInferError):
 
 class CheckpointError(ModelError):
     """A checkpoint file is corrupt, truncated or belongs to another config."""
+
+
+class PackageError(ModelError):
+    """A model package is missing a file, fails a hash, or has a newer format version."""
 
 
 class CodecError(CollabInferError):

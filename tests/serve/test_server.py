@@ -528,7 +528,7 @@ def _cli() -> typer.Typer:
         (["--blocks", "0:9", "--untrained"], "exceed"),
         (["--next", "ftp://x", "--untrained"], "--next"),
         (["--speed-factor", "0.5", "--untrained"], "speed_factor"),
-        (["--model", "vgg-99"], "unknown model"),
+        (["--model", "vgg-99", "--untrained"], "unknown model"),  # the second model
     ],
 )
 def test_serve_cli_exits_2_with_a_message(args: list[str], needle: str) -> None:

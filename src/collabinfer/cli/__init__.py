@@ -15,13 +15,14 @@ import typer
 from collabinfer.cli.demo import demo
 from collabinfer.cli.experiment import experiment_app
 from collabinfer.cli.models import models, profile, train
+from collabinfer.cli.packaging import pack
 from collabinfer.cli.report import report
 from collabinfer.cli.serve import relay, run, serve
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-for command in (models, train, profile, demo, serve, run, relay):
+for command in (models, train, pack, profile, demo, serve, run, relay):
     app.command(help=command.__doc__)(command)
 app.command("report", help=report.__doc__)(report)
 app.add_typer(experiment_app, name="experiment")

@@ -18,9 +18,11 @@ from collabinfer.cli.console import (
     print_table,
     progress_bars,
 )
+from collabinfer.cli.packaging import is_path
 from collabinfer.errors import CollabInferError
 from collabinfer.model.zoo import create_model, list_models, model_spec
 from collabinfer.plan.profile import profile_model
+from collabinfer.serve.server import load_served
 from collabinfer.train import config_for, train_or_load
 
 __all__ = ["models", "profile", "train"]
@@ -61,7 +63,11 @@ def profile(
     """Per block: FLOPs, params, output shape, bytes per codec at the cut, CPU time."""
     try:
         torch.set_num_threads(threads)
-        net = create_model(model)  # timing, FLOPs and bytes do not depend on the weights
+        if is_path(model):  # a package: its own blocks (and registered codecs)
+            served = load_served(model)
+            net, model = served.net, served.name
+        else:
+            net = create_model(model)  # timing, FLOPs and bytes do not depend on the weights
         prof = profile_model(net, model, repeats=repeats)
     except CollabInferError as exc:
         raise fail(exc) from exc

@@ -16,25 +16,30 @@ the process list, and says so).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 import typer
 from rich.markup import escape
 
 from collabinfer.cli.console import console, fail, print_table
+from collabinfer.cli.packaging import resolve_models
 from collabinfer.data import load_split
 from collabinfer.errors import CollabInferError, ConfigError
 from collabinfer.runtime.link import BandwidthTrace
-from collabinfer.serve.client import RunSummary
+from collabinfer.runtime.state import StepKind
+from collabinfer.serve.client import ClientResult, RunSummary
 from collabinfer.serve.config import TIER_INDEX, ServerConfig, parse_blocks
 from collabinfer.serve.device import adaptive_client
 from collabinfer.serve.relay import ShapingRelay, parse_address, resolve_profile
-from collabinfer.serve.server import load_served_model, serve_main
+from collabinfer.serve.server import serve_main
 from collabinfer.serve.wire import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS
 from collabinfer.topology.tiers import describe_tiers
+from collabinfer.train.reuse import tier_reuse
 
 __all__ = ["relay", "resolve_token", "run", "serve"]
 
@@ -69,7 +74,14 @@ TokenFile = Annotated[
 
 def serve(
     tier: Annotated[str, typer.Option("--tier", help="tier name: device, edge, cloud, ...")],
-    model: Annotated[str, typer.Option("--model", "-m", help="zoo model name")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="zoo name or package dir (repeat to host several; the first gets the cache)",
+        ),
+    ],
     blocks: Annotated[
         str | None, typer.Option("--blocks", help="blocks hosted, A:B as a slice (default: all)")
     ] = None,
@@ -183,7 +195,15 @@ def serve(
             reuse_key=cache_key,
             reuse_eviction=cache_eviction,
         )
-        serve_main(config, model, host=host, port=port, untrained=untrained)
+        served = resolve_models(model, untrained)
+        reuse = None
+        if cache_mb > 0:
+            reuse = tier_reuse(
+                served[0].net, served[0].name, start, stop, cache_mb=cache_mb,
+                eviction=cache_eviction, ttl_s=cache_ttl_s, key=cache_key,
+                precision=cache_precision,
+            )  # fmt: skip
+        serve_main(config, served, host=host, port=port, reuse=reuse)
     except CollabInferError as exc:
         raise fail(exc) from exc
 
@@ -238,16 +258,21 @@ def relay(
 
 async def _run_all(edge: str, model: str, num_inputs: int, link: str, token: str | None,
                    deadline_ms: float, device_factor: float, untrained: bool, cloud: bool,
-                   concurrency: int, data: Path | None,
-                   ca: str | None) -> tuple[RunSummary, str]:  # fmt: skip
+                   concurrency: int, data: Path | None, ca: str | None,
+                   inputs: Path | None) -> tuple[RunSummary, str, str]:  # fmt: skip
     if num_inputs < 1:
         raise ConfigError(f"--num-inputs must be >= 1, got {num_inputs}")
-    net = load_served_model(model, untrained=untrained)
-    test = load_split("test", data).subset(num_inputs)
-    console.print(f"profiling {model} on this CPU (batch 1, one thread)...")
+    served = resolve_models([model], untrained)[0]
+    if inputs is not None:
+        images = load_inputs(inputs, served.net.input_shape)
+        labels = torch.full((len(images),), -1, dtype=torch.long)  # unknown: no accuracy
+    else:
+        test = load_split("test", data).subset(num_inputs)
+        images, labels = test.images, test.labels
+    console.print(f"profiling {served.name} on this CPU (batch 1, one thread)...")
     client = adaptive_client(
-        net,
-        model,
+        served.net,
+        served.name,
         edge,
         link=link,
         with_cloud=cloud,
@@ -257,8 +282,53 @@ async def _run_all(edge: str, model: str, num_inputs: int, link: str, token: str
         ca=ca,
     )
     async with client:
-        summary = await client.run_many(test.images, test.labels, concurrency=concurrency)
-    return summary, f"{describe_tiers(client.tiers)}; weights {client.weights}"
+        summary = await client.run_many(images, labels, concurrency=concurrency)
+    return summary, f"{describe_tiers(client.tiers)}; weights {client.weights}", served.name
+
+
+def load_inputs(path: Path, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """A user's inputs: an N x C x H x W float32 ``.npy`` (read without pickle) whose
+    input shape matches the model's; anything else is one clear line."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--inputs {path} is not a readable .npy array: {e}") from None
+    if arr.dtype != np.float32:
+        raise ConfigError(f"--inputs {path} holds {arr.dtype}, expected float32")
+    if arr.ndim < 2 or len(arr) == 0:
+        raise ConfigError(f"--inputs {path} must be N x (input shape) with N >= 1, got {arr.shape}")
+    if input_shape is not None and tuple(arr.shape[1:]) != tuple(input_shape):
+        raise ConfigError(
+            f"--inputs {path} has inputs of shape {tuple(arr.shape[1:])}, the model takes "
+            f"{tuple(input_shape)}"
+        )
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"--inputs {path} holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def exited_on_device(result: ClientResult) -> bool:
+    """Answered by an exit head on the device: the device's last step fired an exit."""
+    if result.fell_back or result.answered_by != 0:
+        return False
+    mine = [s for s in result.steps if s.tier == 0]
+    return bool(mine) and mine[-1].kind == StepKind.EXIT
+
+
+def results_json(summary: RunSummary) -> dict[str, object]:
+    """What ``run --out`` writes: one entry per input, in input order."""
+    return {
+        "results": [
+            {
+                "index": i,
+                "prediction": int(r.prediction[0]),
+                "logits": [float(v) for v in r.output[0].tolist()],
+                "exited_on_device": exited_on_device(r),
+                "fell_back": r.fell_back,
+            }
+            for i, r in enumerate(summary.results)
+        ]
+    }
 
 
 def run(
@@ -267,8 +337,18 @@ def run(
         str | None,
         typer.Option(help="URL of the cloud (informational: the edge forwards to it itself)"),
     ] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="zoo model name")] = "fmnist-resnet",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="zoo name or package dir")
+    ] = "fmnist-resnet",
     num_inputs: Annotated[int, typer.Option(help="Fashion-MNIST test images to send")] = 100,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(help="send these inputs instead: an N x C x H x W float32 .npy"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write every input's prediction and logits here (JSON)"),
+    ] = None,
     link: Annotated[
         str, typer.Option(help="initial estimate of the uplink: lte, 3g, wifi")
     ] = "lte",
@@ -293,10 +373,10 @@ def run(
         Path | None, typer.Option("--data", help="folder with the Fashion-MNIST IDX files")
     ] = None,
 ) -> None:
-    """Send test images from an emulated device through live tier servers."""
+    """Send test images (or your own --inputs) from an emulated device through live tiers."""
     torch.set_num_threads(1)  # batch-1 timing on one core, as the profile assumes
     try:
-        summary, labels = asyncio.run(
+        summary, labels, name = asyncio.run(
             _run_all(
                 edge,
                 model,
@@ -310,15 +390,21 @@ def run(
                 concurrency,
                 data,
                 str(ca) if ca is not None else None,
+                inputs,
             )
         )
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results_json(summary)) + "\n")
     except CollabInferError as exc:
         raise fail(exc) from exc
+    except OSError as exc:
+        raise fail(ConfigError(f"cannot write --out {out}: {exc}")) from exc
     columns = ["inputs", "accuracy", "p50 ms", "p95 ms", "bytes/input"]
     columns += ["device fallbacks", "edge fallbacks", "inputs/s"]
     row = [
         str(len(summary.results)),
-        f"{summary.accuracy:.2%}",
+        f"{summary.accuracy:.2%}" if inputs is None else "—",
         f"{summary.latency_p50_ms:.1f}",
         f"{summary.latency_p95_ms:.1f}",
         f"{summary.bytes_per_input:,.0f}",
@@ -326,9 +412,11 @@ def run(
         str(summary.remote_fallbacks),
         f"{summary.throughput:.1f}",
     ]
-    print_table(f"{model} via {edge} (link estimate {link})", columns, [row])
+    print_table(f"{name} via {edge} (link estimate {link})", columns, [row])
     for plan, count in sorted(summary.plans.items(), key=lambda kv: -kv[1]):
         console.print(f"[dim]{count:>6} x {escape(plan)}[/dim]")
     for error, count in sorted(summary.errors.items(), key=lambda kv: -kv[1]):
         console.print(f"[yellow]{count:>6} x finished on the device: {escape(error)}[/yellow]")
     console.print(f"[dim]{labels}[/dim]")
+    if out is not None:
+        console.print(f"wrote {out}")

@@ -79,6 +79,7 @@ from collabinfer.experiments.reuse_schema import (
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.bottleneck import deploy
 from collabinfer.model.checkpoint import weights_hash
+from collabinfer.model.zoo import BOTTLENECK_SUFFIX
 from collabinfer.plan.cost import Plan, evaluate_plan
 from collabinfer.plan.profile import Profile, machine_label, median_ms, one_thread, profile_model
 from collabinfer.progress import ProgressFn, report
@@ -89,7 +90,6 @@ from collabinfer.runtime.state import StepKind
 from collabinfer.topology.links import get_profile
 from collabinfer.topology.tiers import DEVICE_FACTOR, default_tiers, describe_tiers
 from collabinfer.train.bottleneck import (
-    BOTTLENECK_SUFFIX,
     DEFAULT_BOTTLENECK,
     BottleneckConfig,
     train_or_load_bottleneck,

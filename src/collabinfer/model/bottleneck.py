@@ -302,14 +302,25 @@ def deploy(
     sides of a link derive the same tables from the same weights). Calling it
     twice with the same tag and weights returns the registered codec.
     """
+    codec = register_tables(prior_tables(bottleneck, precision), tag)
+    return DeployedBottleneck(net, codec, codec.name)
+
+
+def prior_tables(bottleneck: Bottleneck, precision: int = 16) -> FactorizedTables:
+    """The integer frequency tables of the learned prior: what both sides of a link code
+    with, and what a model package stores (so a tier need not rebuild the prior)."""
     offsets, probs = bottleneck.prior.probabilities()
-    tables = FactorizedTables.from_probabilities(probs, offsets, precision)
+    return FactorizedTables.from_probabilities(probs, offsets, precision)
+
+
+def register_tables(tables: FactorizedTables, tag: str) -> EntropyCodec:
+    """Register the entropy codec ``ent-<tag>`` over ``tables``; the same tag with the same
+    tables returns the registered codec, with other tables it is a :class:`ModelError`."""
     codec = EntropyCodec(tables, suffix=f"-{tag}")
     if codec.name in list_codecs():
         existing = get_codec(codec.name)
         if getattr(existing, "tables", None) != tables:
             raise ModelError(f"codec {codec.name} is registered with other tables")
-        codec = existing  # type: ignore[assignment]
-    else:
-        register_codec(codec)
-    return DeployedBottleneck(net, codec, codec.name)
+        return existing  # type: ignore[return-value]
+    register_codec(codec)
+    return codec

@@ -156,6 +156,22 @@ def model_spec(name: str) -> ModelSpec:
         ) from None
 
 
+# Deployed variants of a zoo model are named by a suffix on its name; the recipes
+# in collabinfer.train make them and collabinfer.train.packages packages them.
+GATES_SUFFIX = "+gates"  # residual blocks gated (model/gates.py)
+BOTTLENECK_SUFFIX = "+bn"  # a learned bottleneck at the head (model/bottleneck.py)
+VARIATIONAL_SUFFIX = "+vbn"  # the variational bottleneck: the privacy defence
+VARIANT_SUFFIXES = (GATES_SUFFIX, BOTTLENECK_SUFFIX, VARIATIONAL_SUFFIX)
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """``("fmnist-resnet", "+gates")`` for ``"fmnist-resnet+gates"``; no suffix: ``""``."""
+    for suffix in VARIANT_SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
+
+
 def create_model(name: str) -> BlockNet:
     """A freshly initialised (untrained) model from the zoo."""
     return model_spec(name).factory()

@@ -6,8 +6,10 @@ See ``docs/serving.md`` for the contract. The wire format is public
 """
 
 from collabinfer.serve.server import (
+    Served,
     ServerConfig,
     create_app,
+    load_served,
     load_served_model,
     serve_in_thread,
     serve_main,
@@ -30,6 +32,7 @@ __all__ = [
     "HostedModel",
     "RequestHeader",
     "ResponseBody",
+    "Served",
     "ServerConfig",
     "WireError",
     "WirePlan",
@@ -38,6 +41,7 @@ __all__ = [
     "decode_response",
     "encode_request",
     "encode_response",
+    "load_served",
     "load_served_model",
     "serve_in_thread",
     "serve_main",

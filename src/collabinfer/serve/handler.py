@@ -131,6 +131,7 @@ class TierHandler:
             max_decoded_bytes=config.max_decoded_bytes,
         )
         self.metrics = ServerMetrics(config.tier_name)
+        self.hosted_names: tuple[str, ...] = (model_name,)  # the app's models (an error lists)
         self.reuse = reuse
         if reuse is not None:
             if config.tier_index is None:
@@ -269,7 +270,8 @@ class TierHandler:
         try:
             self.authorize(request)
             if name != self.hosted.name:
-                raise WireError(f"unknown model {name!r}; hosted: {self.hosted.name}", 404, "model")
+                hosted = ", ".join(self.hosted_names)
+                raise WireError(f"unknown model {name!r}; hosted: {hosted}", 404, "model")
             if self._in_flight >= self.config.max_in_flight:  # shed before the body is read
                 msg = f"{self._in_flight} requests in flight, at most {self.config.max_in_flight}"
                 raise WireError(msg, 503, "load", retry_after_s=1.0)

@@ -7,7 +7,7 @@ global registry. ``GET /metrics`` renders :meth:`ServerMetrics.render`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -99,3 +99,32 @@ class _CacheCollector(Collector):
         yield GaugeMetricFamily(f"{p}_entries", "entries held", value=st.entries)
         yield GaugeMetricFamily(f"{p}_bytes", "bytes allocated", value=st.bytes)
         yield GaugeMetricFamily(f"{p}_max_bytes", "the byte budget", value=st.max_bytes)
+
+
+def render_models(metrics: Mapping[str, ServerMetrics]) -> bytes:
+    """``GET /metrics`` of a server hosting several models: one exposition in which
+    every sample carries a ``model`` label (each model keeps its own registry, so
+    one family would otherwise appear once per model, which Prometheus rejects).
+    One model renders as before, unlabelled."""
+    if len(metrics) == 1:
+        return next(iter(metrics.values())).render()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ByModel(metrics))
+    return generate_latest(registry)
+
+
+class _ByModel(Collector):
+    def __init__(self, metrics: Mapping[str, ServerMetrics]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for model, m in self.metrics.items():
+            for fam in m.registry.collect():
+                out = families.get(fam.name)
+                if out is None:
+                    out = families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+                for s in fam.samples:
+                    labels = {**s.labels, "model": model}
+                    out.add_sample(s.name, labels, s.value, s.timestamp, s.exemplar)
+        yield from families.values()

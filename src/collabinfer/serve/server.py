@@ -28,8 +28,10 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,36 +42,26 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from collabinfer.cache.reuse import Reuse
-from collabinfer.cache.semantic import SemanticCache
-from collabinfer.data.fashion_mnist import load_split
-from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError, TierError
+from collabinfer.errors import ConfigError, TierError
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.bottleneck import deploy
 from collabinfer.model.gates import gate_net
-from collabinfer.model.zoo import create_model, model_spec
+from collabinfer.model.package import ModelPackage, read_package, zoo_package_dir
+from collabinfer.model.zoo import GATES_SUFFIX, create_model, model_spec, split_variant
 from collabinfer.plan.profile import Profile
-from collabinfer.progress import ProgressFn
 from collabinfer.serve.config import TIER_INDEX, ServerConfig
 from collabinfer.serve.handler import TierHandler, error_response
 from collabinfer.serve.http import uvicorn_config
+from collabinfer.serve.metrics import render_models
 from collabinfer.serve.openapi import INFER_OPENAPI
 from collabinfer.serve.wire import WireError
-from collabinfer.train import DEFAULT_CONFIGS, load_trained
-from collabinfer.train.bottleneck import (
-    BOTTLENECK_SUFFIX,
-    VARIATIONAL_SUFFIX,
-    default_bottleneck,
-    default_variational_bottleneck,
-)
-from collabinfer.train.gates import GATES_SUFFIX, default_gates
-from collabinfer.train.reuse import ProjectionConfig, RuleConfig, edge_reuse, train_projection
 
 __all__ = [
     "TIER_INDEX",
+    "Served",
     "ServerConfig",
-    "build_reuse",
     "create_app",
     "free_port",
+    "load_served",
     "load_served_model",
     "serve_in_thread",
     "serve_main",
@@ -84,19 +76,38 @@ def create_app(
     next_transport: httpx.AsyncBaseTransport | None = None,
     profile: Profile | None = None,
     reuse: Reuse | None = None,
+    more: Sequence[tuple[BlockNet, str]] = (),
 ) -> FastAPI:
     """The FastAPI app of one tier. ``next_transport`` (tests) replaces the network to
     next; ``profile`` charges an emulated tier (else it profiles the model at startup);
-    ``reuse``: the tier's semantic cache (:func:`build_reuse`)."""
+    ``reuse``: the tier's semantic cache, for ``model``; ``more``: further models the
+    tier hosts beside it under the same config (``/v2/models`` lists them all, each has
+    its own infer route, engine and metrics, labelled ``model`` in ``/metrics``)."""
     server = TierHandler(config, model, model_name, next_transport, profile, reuse)
+    handlers = {model_name: server}
+    for m, name in more:
+        if name in handlers:
+            raise ConfigError(f"model {name!r} is hosted twice")
+        handlers[name] = TierHandler(config, m, name, next_transport)
+    for h in handlers.values():
+        h.hosted_names = tuple(handlers)
+
+    def handler_for(name: str) -> TierHandler:
+        h = handlers.get(name)
+        if h is None:
+            hosted = ", ".join(handlers)
+            raise WireError(f"unknown model {name!r}; hosted: {hosted}", 404, "model")
+        return h
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        server._start()
+        for h in handlers.values():
+            h._start()
         try:
             yield
         finally:
-            await server.shutdown()
+            for h in handlers.values():
+                await h.shutdown()
 
     app = FastAPI(
         title=f"collabinfer tier {config.tier_name}",
@@ -106,6 +117,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.tier_server = server
+    app.state.tier_servers = handlers
 
     async def on_wire_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, WireError):  # only registered for WireError
@@ -125,28 +137,28 @@ def create_app(
     @app.get("/v2/models")
     async def models(request: Request) -> dict[str, list[str]]:
         server.authorize(request)
-        return {"models": [server.hosted.name]}
+        return {"models": list(handlers)}
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str, request: Request) -> dict[str, Any]:
         server.authorize(request)
-        if name != server.hosted.name:
-            raise WireError(f"unknown model {name!r}; hosted: {server.hosted.name}", 404, "model")
-        return server.metadata()
+        return handler_for(name).metadata()
 
     @app.post("/v2/models/{name}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(name: str, request: Request) -> Response:
-        return await server.infer(name, request)
+        h = handlers.get(name, server)  # the primary answers an unknown name: 404 + metrics
+        return await h.infer(name, request)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         server.authorize(request)
-        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+        body = render_models({n: h.metrics for n, h in handlers.items()})
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     @app.get("/v2/cache")
-    async def cache_stats(request: Request) -> dict[str, Any]:
+    async def cache_stats(request: Request, model: str | None = None) -> dict[str, Any]:
         server.authorize(request)
-        return server.reuse_stats()
+        return handler_for(model).reuse_stats() if model is not None else server.reuse_stats()
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request) -> JSONResponse:
@@ -161,107 +173,78 @@ def create_app(
     return app
 
 
-def load_served_model(name: str, untrained: bool = False, seed: int = 0) -> BlockNet:
-    """The trained checkpoint of zoo model ``name``, or (``untrained``) a seeded random init.
+@dataclass(frozen=True)
+class Served:
+    """A model a tier hosts: its name on the wire, its blocks, and the package they
+    came from (None for a seeded untrained zoo model)."""
+
+    name: str
+    net: BlockNet
+    package: ModelPackage | None = None
+
+
+def load_served(
+    spec: str | Path, untrained: bool = False, seed: int = 0, cache: Path | None = None
+) -> Served:
+    """The model ``spec`` names: a package directory (``collabinfer pack``), a zoo name
+    whose package was built from the trained checkpoints (the CLI builds it:
+    :func:`collabinfer.train.packages.zoo_package`), or (``untrained``) a seeded random
+    init of a zoo architecture.
 
     Every tier of one deployment must load the same weights (the header carries
     their hash), so untrained models are seeded: the same seed gives the same hash.
-    A name ending in ``+gates`` (e.g. ``fmnist-resnet+gates``) is the deployed gated
-    copy of its base model (:func:`~collabinfer.train.gates.default_gates`).
+    A name ending in ``+gates`` (e.g. ``fmnist-resnet+gates``) is the gated copy of
+    its base model; ``+bn``/``+vbn`` (bottlenecks) exist trained only.
     """
-    if name.endswith(GATES_SUFFIX):  # e.g. fmnist-resnet+gates: the deployed gated backbone
-        return _load_gated(name.removesuffix(GATES_SUFFIX), untrained, seed)
-    if name.endswith(BOTTLENECK_SUFFIX):  # e.g. fmnist-resnet+bn: the deployed bottleneck
-        return _load_bottleneck(name.removesuffix(BOTTLENECK_SUFFIX), untrained, seed)
-    if name.endswith(VARIATIONAL_SUFFIX):  # fmnist-resnet+vbn: the privacy defence
-        return _load_bottleneck(name.removesuffix(VARIATIONAL_SUFFIX), untrained, seed, True)
-    model_spec(name)  # unknown name: ModelError listing the zoo
+    text = str(spec)
+    if isinstance(spec, Path) or "/" in text or Path(text).is_dir():
+        if untrained:
+            raise ConfigError("a package holds its weights; drop --untrained")
+        package = read_package(text)
+        return Served(package.name, package.net, package)
+    base, suffix = split_variant(text)
+    model_spec(base)  # unknown name: ModelError listing the zoo
     if untrained:
-        torch.manual_seed(seed)
-        return create_model(name).eval()
-    hint = f"run `collabinfer train --model {name}` first, or pass --untrained"
-    if name not in DEFAULT_CONFIGS:
-        raise ConfigError(f"model {name!r} has no training recipe; pass --untrained")
-    try:
-        model = load_trained(DEFAULT_CONFIGS[name])
-    except (CheckpointError, DataError) as e:
-        raise CollabInferError(f"no trained checkpoint for {name!r} ({e}): {hint}") from None
-    return model
-
-
-def build_reuse(
-    config: ServerConfig, model: BlockNet, model_name: str, progress: ProgressFn | None = None
-) -> Reuse:
-    """The tier's semantic cache: ``config.reuse_mb`` MiB, a key and a hit rule for every
-    cut a request may arrive at (the hosted blocks', from cut 1: the cache keys on
-    features, never on a raw image), the rules fitted on validation streams for
-    ``config.reuse_precision`` (cached after the first start). The projection key is
-    trained for one cut, the first hosted one, and must be trained already."""
-    stop = model.num_blocks if config.stop is None else config.stop
-    first = max(config.start, 1)
-    cuts = range(first, first + 1) if config.reuse_key == "projection" else range(first, stop)
-    cache = SemanticCache(int(config.reuse_mb * 2**20), config.reuse_eviction, config.reuse_ttl_s)
-    try:
-        val = load_split("val")
-        projection = None
-        if config.reuse_key == "projection":
-            projection = train_projection(
-                model, load_split("train"), ProjectionConfig(cut=first), may_train=False
-            )
-        return edge_reuse(
-            model,
-            model_name,
-            cuts,
-            cache,
-            val,
-            key=config.reuse_key,
-            config=RuleConfig(target=config.reuse_precision),
-            projection=projection,
-            progress=progress,
+        return Served(text, _untrained(base, suffix, seed))
+    path = zoo_package_dir(text, cache)
+    if not path.is_dir():
+        raise ConfigError(
+            f"zoo model {text!r} is not packaged yet ({path} is missing): `collabinfer serve` "
+            f"packages trained zoo models itself; or run `collabinfer pack --zoo {text}`"
         )
-    except (CheckpointError, DataError) as e:
-        raise CollabInferError(f"the semantic cache cannot start: {e}") from None
+    package = read_package(path)
+    return Served(package.name, package.net, package)
 
 
-def _load_bottleneck(base: str, untrained: bool, seed: int, variational: bool = False) -> BlockNet:
-    """The teacher's tail behind the default learned bottleneck, its codec registered;
-    ``variational``: the variational one, whose encoder samples afresh on every call
-    (on the device; this tier only decodes)."""
-    if untrained:
+def load_served_model(spec: str | Path, untrained: bool = False, seed: int = 0) -> BlockNet:
+    """The blocks of :func:`load_served` (what in-process tests and benchmarks need)."""
+    return load_served(spec, untrained, seed).net
+
+
+def _untrained(base: str, suffix: str, seed: int) -> BlockNet:
+    if suffix and suffix != GATES_SUFFIX:
         raise ConfigError("a bottleneck deployment needs trained weights; drop --untrained")
-    teacher = load_served_model(base)
-    load = default_variational_bottleneck if variational else default_bottleneck
-    try:
-        tb = load(teacher, train=False)
-    except (CheckpointError, DataError) as e:
-        raise CollabInferError(str(e)) from None
-    return deploy(tb.net, tb.bottleneck, tb.key[:8]).net
-
-
-def _load_gated(base: str, untrained: bool, seed: int) -> BlockNet:
-    """The base model with its residual blocks gated: trained gates, or seeded new ones."""
-    backbone = load_served_model(base, untrained, seed)  # unknown base: the usual errors
-    if untrained:
+    torch.manual_seed(seed)
+    net = create_model(base).eval()
+    if suffix == GATES_SUFFIX:
         torch.manual_seed(seed)  # the new gates too: every tier must hold the same weights
-        return gate_net(backbone).eval()
-    try:
-        return default_gates(backbone, train=False).net.eval()
-    except (CheckpointError, DataError) as e:
-        raise CollabInferError(str(e)) from None
+        net = gate_net(net).eval()
+    return net
 
 
 def serve_main(
     config: ServerConfig,
-    model_name: str,
+    served: Sequence[Served],
     host: str = "127.0.0.1",
     port: int = 8000,
-    untrained: bool = False,
-    seed: int = 0,
+    reuse: Reuse | None = None,
 ) -> None:
-    """Load the model and serve it with uvicorn until interrupted (the CLI's body)."""
-    model = load_served_model(model_name, untrained, seed)
-    reuse = build_reuse(config, model, model_name) if config.reuse_mb > 0 else None
-    app = create_app(config, model, model_name, reuse=reuse)
+    """Serve ``served`` (the first gets ``reuse``) with uvicorn until interrupted."""
+    if not served:
+        raise ConfigError("serve needs at least one model")
+    first, *rest = served
+    more = [(s.net, s.name) for s in rest]
+    app = create_app(config, first.net, first.name, reuse=reuse, more=more)
     _raise_fd_limit()
     uvicorn.Server(server_config(app, config, host, port)).run()
 

@@ -288,8 +288,6 @@ def _tail_blocks(net: BlockNet, teacher: BlockNet, cut: int) -> list[nn.Module]:
 DEFAULT_BOTTLENECK = BottleneckConfig(
     target_cut=4, channels=8, hidden=64, distill_epochs=2, rate_epochs=2, tail_epochs=2, beta=0.1
 )
-BOTTLENECK_SUFFIX = "+bn"
-VARIATIONAL_SUFFIX = "+vbn"
 
 # The variational bottleneck ``fmnist-resnet+vbn`` deploys: the KL weight the
 # privacy assessment's validation rule chose (docs/privacy.md, "Choosing the

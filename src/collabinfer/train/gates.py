@@ -199,7 +199,6 @@ def train_or_load_gates(
 # The gated model Table 1 deploys (model id ``fmnist-resnet+gates``): the default
 # config, fixed before any test-split number was seen.
 DEFAULT_GATES = GateConfig()
-GATES_SUFFIX = "+gates"
 
 
 def default_gates(

@@ -40,7 +40,7 @@ from collabinfer.cache.rule import (
     solve_rule,
 )
 from collabinfer.cache.semantic import SemanticCache
-from collabinfer.data.fashion_mnist import Dataset
+from collabinfer.data.fashion_mnist import Dataset, load_split
 from collabinfer.data.workloads import (
     WORKLOADS,
     Perturbation,
@@ -49,7 +49,7 @@ from collabinfer.data.workloads import (
     perturb,
     sample_params,
 )
-from collabinfer.errors import ConfigError
+from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, DataError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.checkpoint import Checkpoint, weights_hash
 from collabinfer.progress import ProgressFn, report
@@ -63,6 +63,7 @@ __all__ = [
     "fit_rules",
     "keyer",
     "stream_keys",
+    "tier_reuse",
     "train_projection",
     "validation_streams",
 ]
@@ -293,3 +294,52 @@ def edge_reuse(
     keys = {c: keyer(key, net, c, config.grid, projection) for c in cuts}
     rules = fitted_rules(net, keys, val, config, checkpoints, progress, may_train)
     return Reuse(cache, model_name, weights_hash(net), keys, rules)
+
+
+def tier_reuse(
+    net: BlockNet,
+    model_name: str,
+    start: int,
+    stop: int | None,
+    *,
+    cache_mb: float,
+    eviction: str = "lru",
+    ttl_s: float | None = None,
+    key: str = "features",
+    precision: float = DEFAULT_PRECISION,
+    checkpoints: Path | None = None,
+    data_root: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> Reuse:
+    """A tier server's semantic cache hosting blocks ``start..stop-1``: ``cache_mb`` MiB,
+    a key and a hit rule for every cut a request may arrive at (the hosted blocks',
+    from cut 1: the cache keys on features, never on a raw image), the rules fitted on
+    validation streams for ``precision`` (cached after the first start). The
+    projection key is trained for one cut, the first hosted one, and must be trained
+    already. Built by whoever starts the server (the CLI), which has the recipes."""
+    stop = net.num_blocks if stop is None else stop
+    first = max(start, 1)
+    cuts = range(first, first + 1) if key == "projection" else range(first, stop)
+    cache = SemanticCache(int(cache_mb * 2**20), eviction, ttl_s)
+    try:
+        val = load_split("val", data_root)
+        projection = None
+        if key == "projection":
+            projection = train_projection(
+                net, load_split("train", data_root), ProjectionConfig(cut=first), checkpoints,
+                may_train=False,
+            )  # fmt: skip
+        return edge_reuse(
+            net,
+            model_name,
+            cuts,
+            cache,
+            val,
+            key=key,
+            config=RuleConfig(target=precision),
+            projection=projection,
+            checkpoints=checkpoints,
+            progress=progress,
+        )
+    except (CheckpointError, DataError) as e:
+        raise CollabInferError(f"the semantic cache cannot start: {e}") from None

@@ -22,16 +22,17 @@ from collabinfer.model.blocks import BlockNet
 from collabinfer.model.bottleneck import deploy
 from collabinfer.model.dynamic import flops_table
 from collabinfer.model.gates import gated_blocks
+from collabinfer.model.zoo import BOTTLENECK_SUFFIX, GATES_SUFFIX
 from collabinfer.plan.planner import Planner
 from collabinfer.plan.profile import Profile, median_ms, one_thread, profile_model, with_gate_rates
 from collabinfer.progress import ProgressFn
 from collabinfer.runtime.exit_policy import DeviceExits
 from collabinfer.topology.links import LinkProfile
 from collabinfer.topology.tiers import TierSpec
-from collabinfer.train.bottleneck import BOTTLENECK_SUFFIX, default_bottleneck
+from collabinfer.train.bottleneck import default_bottleneck
 from collabinfer.train.exit_rules import ExitRecords, calibrated_rule, record_exits
 from collabinfer.train.exits import ExitConfig, train_or_load_exits
-from collabinfer.train.gates import DEFAULT_GATES, GATES_SUFFIX, train_or_load_gates
+from collabinfer.train.gates import DEFAULT_GATES, train_or_load_gates
 
 __all__ = [
     "BottleneckCandidate",

@@ -9,15 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from collabinfer.data.fashion_mnist import load_split
+from collabinfer.errors import ConfigError
 from collabinfer.experiments.table1.candidates import (
     make_bottleneck_candidate,
     make_dynamic_candidate,
 )
 from collabinfer.experiments.table1.run import Table1Models, run_table1
 from collabinfer.experiments.table1.schema import Table1Config, Table1Result
+from collabinfer.model.blocks import BlockNet
+from collabinfer.model.package import read_package
 from collabinfer.plan.profile import one_thread, profile_model
 from collabinfer.progress import ProgressFn
 from collabinfer.train import config_for, train_or_load
+
+SHAPE = (1, 28, 28)  # what every demo input is
 
 __all__ = ["prepare_models", "run_demo"]
 
@@ -30,8 +35,10 @@ def prepare_models(
 ) -> Table1Models:
     """Both classifiers and the collabinfer row's candidates, trained once (cached),
     then profiled at batch 1 on one thread."""
-    full, full_res = train_or_load(config_for(cfg.full_model), cache, data_root, progress)
     local, _ = train_or_load(config_for(cfg.local_model), cache, data_root, progress)
+    if is_model_path(cfg.full_model):
+        return _package_models(cfg, local)
+    full, full_res = train_or_load(config_for(cfg.full_model), cache, data_root, progress)
     val_acc = full_res.metrics["val_acc"]
     bottleneck = dynamic = None
     if cfg.bottleneck:
@@ -47,6 +54,31 @@ def prepare_models(
         full_prof = profile_model(full, cfg.full_model, repeats=50)
         local_prof = profile_model(local, cfg.local_model, repeats=50)
     return Table1Models(full, local, full_prof, local_prof, dynamic, bottleneck)
+
+
+def is_model_path(spec: str) -> bool:
+    """A ``--model`` naming a package directory rather than a zoo model."""
+    return "/" in spec or Path(spec).is_dir()
+
+
+def _package_models(cfg: Table1Config, local: BlockNet) -> Table1Models:
+    """A user's package as the full model: EC, CC, the splits and the collabinfer rows
+    run it as it is (the gates, exits and bottleneck recipes are the zoo's)."""
+    if cfg.dynamic or cfg.bottleneck:
+        raise ConfigError("a package runs as packed: pass --no-dynamic (and --no-bottleneck)")
+    package = read_package(cfg.full_model)
+    if package.input_shape != SHAPE:
+        raise ConfigError(
+            f"the demo runs Fashion-MNIST ({'x'.join(map(str, SHAPE))}); package "
+            f"{package.name} takes {'x'.join(map(str, package.input_shape))}"
+        )
+    with one_thread():
+        full_prof = profile_model(package.net, package.name, repeats=50)
+        local_prof = profile_model(local, cfg.local_model, repeats=50)
+    return Table1Models(
+        package.net, local, full_prof, local_prof,
+        full_name=package.name, full_spec=str(package.path.resolve()),
+    )  # fmt: skip
 
 
 def run_demo(

@@ -51,6 +51,7 @@ from collabinfer.serve.client import DeviceClient, RunSummary
 from collabinfer.serve.server import free_port
 from collabinfer.topology.links import LinkProfile, get_profile
 from collabinfer.topology.tiers import TierSpec
+from collabinfer.train.packages import zoo_package
 
 
 @contextlib.contextmanager
@@ -94,7 +95,10 @@ def tier_process(
     log: Path | None,
     options: tuple[str, ...] = (),
 ) -> Iterator[str]:
-    """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready."""
+    """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready.
+    A trained zoo model is packaged here first, so the servers start without doing it."""
+    if "/" not in model and "--untrained" not in options:
+        zoo_package(model, cache)
     cmd = _cli(
         "serve", "--tier", tier, "--model", model, "--host", "127.0.0.1", "--port", str(port)
     )
@@ -182,8 +186,9 @@ def run_real_row(
     cloud_port, edge_port = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        spec = deployed.spec or model_name
         cloud = stack.enter_context(
-            tier_process("cloud", model_name, cloud_port, None, cache, log("cloud"))
+            tier_process("cloud", spec, cloud_port, None, cache, log("cloud"))
         )
         wan_at = stack.enter_context(
             relay_process(
@@ -199,9 +204,7 @@ def run_real_row(
         if cfg.workload != "iid":  # the edge's semantic cache, as in the virtual row
             reuse = ("--cache-mb", str(cfg.cache_mb), "--cache-key", cfg.cache_key)
         edge = stack.enter_context(
-            tier_process(
-                "edge", model_name, edge_port, f"http://{wan_at}", cache, log("edge"), reuse
-            )
+            tier_process("edge", spec, edge_port, f"http://{wan_at}", cache, log("edge"), reuse)
         )
         access_at = stack.enter_context(
             relay_process(

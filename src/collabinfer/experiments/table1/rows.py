@@ -68,6 +68,7 @@ class Deployed:
     net: BlockNet
     profile: Profile
     exits: DeviceExits | None = None
+    spec: str | None = None  # what a tier server loads (a package dir); None: ``name``
 
 
 @dataclass(frozen=True)

@@ -62,13 +62,21 @@ class Table1Models:
     local_profile: Profile
     dynamic: DynamicCandidate | None = None
     bottleneck: BottleneckCandidate | None = None
+    full_name: str | None = None  # the full model's name on the wire (a package's); None: cfg's
+    full_spec: str | None = None  # what its tier servers load (the package dir)
+
+
+def _plain(cfg: Table1Config, models: Table1Models) -> Deployed:
+    """The full model as the collabinfer rows would deploy it unchanged."""
+    name = models.full_name or cfg.full_model
+    return Deployed(name, models.full, models.full_profile, spec=models.full_spec)
 
 
 def choose_deployment(
     cfg: Table1Config, models: Table1Models, s: Setting
 ) -> tuple[Deployed, dict[str, Any]]:
     """What the collabinfer rows run, and the conditions that say why."""
-    plain = Deployed(cfg.full_model, models.full, models.full_profile)
+    plain = _plain(cfg, models)
     dyn, bn = models.dynamic, models.bottleneck
     if dyn is not None:
         why: dict[str, Any] = {
@@ -125,7 +133,7 @@ def run_table1(
     torch.manual_seed(0)
     data = workload_inputs(cfg, test)
     trace = build_trace(cfg, len(data) * cfg.arrival_interval_s + 10.0)
-    plain = Deployed(cfg.full_model, models.full, models.full_profile)
+    plain = _plain(cfg, models)
     setting = Setting(
         cfg,
         data,
