@@ -18,8 +18,8 @@ from collabinfer.cli.console import (
     print_table,
     progress_bars,
 )
-from collabinfer.cli.packaging import is_path
 from collabinfer.errors import CollabInferError
+from collabinfer.model.package import names_a_package
 from collabinfer.model.zoo import create_model, list_models, model_spec
 from collabinfer.plan.profile import profile_model
 from collabinfer.serve.server import load_served
@@ -63,7 +63,7 @@ def profile(
     """Per block: FLOPs, params, output shape, bytes per codec at the cut, CPU time."""
     try:
         torch.set_num_threads(threads)
-        if is_path(model):  # a package: its own blocks (and registered codecs)
+        if names_a_package(model):  # a package: its own blocks (and registered codecs)
             served = load_served(model)
             net, model = served.net, served.name
         else:

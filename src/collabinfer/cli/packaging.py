@@ -25,11 +25,12 @@ import typer
 
 from collabinfer.cli.console import CacheOpt, console, fail, progress_bars
 from collabinfer.codec.entropy import FactorizedTables
-from collabinfer.errors import CheckpointError, CollabInferError, ConfigError, ModelError
+from collabinfer.errors import CheckpointError, CollabInferError, ConfigError
 from collabinfer.model.package import (
     as_blocknet,
+    call_factory,
     factory,
-    load_factory,
+    names_a_package,
     read_package,
     write_package,
 )
@@ -40,18 +41,13 @@ from collabinfer.train.packages import zoo_package
 __all__ = ["load_user_weights", "pack", "parse_shape", "resolve_models"]
 
 
-def is_path(spec: str) -> bool:
-    """A ``--model`` naming a directory (a package) rather than the zoo."""
-    return "/" in spec or Path(spec).is_dir()
-
-
 def resolve_models(
     specs: Sequence[str], untrained: bool = False, cache: Path | None = None
 ) -> list[Served]:
     """The models ``--model`` names, trained zoo models packaged on first use."""
     out: list[Served] = []
     for spec in specs:
-        if is_path(spec) or untrained:
+        if names_a_package(spec) or untrained:
             out.append(load_served(spec, untrained))
         else:
             out.append(load_served(zoo_package(spec, cache), cache=cache))
@@ -152,12 +148,7 @@ def _pack_factory(
 ) -> Path:
     if str(Path.cwd()) not in sys.path:  # like `python -m`: the user's folder is importable
         sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = load_factory(target)()
-    except CollabInferError:
-        raise
-    except Exception as e:  # the user's code
-        raise ModelError(f"model factory {target!r} failed: {type(e).__name__}: {e}") from None
+    module = call_factory(target)
     if weights is not None:
         state = load_user_weights(weights)
         try:

@@ -69,6 +69,7 @@ __all__ = [
     "factory",
     "gated",
     "is_package",
+    "names_a_package",
     "read_package",
     "write_package",
     "zoo",
@@ -198,13 +199,7 @@ def as_blocknet(module: nn.Module, input_shape: Sequence[int] | None) -> BlockNe
 
 
 def _from_factory(target: str, input_shape: tuple[int, ...]) -> BlockNet:
-    try:
-        module = load_factory(target)()
-    except CollabInferError:
-        raise
-    except Exception as e:  # the user's code: any error, said in one line
-        raise ModelError(f"model factory {target!r} failed: {type(e).__name__}: {e}") from None
-    return as_blocknet(module, input_shape)
+    return as_blocknet(call_factory(target), input_shape)
 
 
 # --- the package ----------------------------------------------------------------
@@ -228,6 +223,22 @@ class ModelPackage:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["input"]["shape"])
+
+
+def names_a_package(spec: str | Path) -> bool:
+    """Whether a ``--model`` value names a package directory rather than a zoo model
+    (a path: it has a slash, or it is a directory here)."""
+    return isinstance(spec, Path) or "/" in spec or Path(spec).is_dir()
+
+
+def call_factory(target: str) -> nn.Module:
+    """What the user's ``module:callable`` returns; its own errors are one line."""
+    try:
+        return load_factory(target)()
+    except CollabInferError:
+        raise
+    except Exception as e:  # the user's code: any error, said in one line
+        raise ModelError(f"model factory {target!r} failed: {type(e).__name__}: {e}") from None
 
 
 def is_package(path: str | Path) -> bool:
@@ -463,8 +474,7 @@ def _exit_depth(exits: ExitBranches) -> int:
 
 
 def _num_classes(net: BlockNet) -> int:
-    with torch.inference_mode():
-        return int(net.cut_points()[-1].shape[-1])
+    return int(net.cut_points()[-1].shape[-1])
 
 
 def _plain(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

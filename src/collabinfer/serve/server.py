@@ -45,7 +45,12 @@ from collabinfer.cache.reuse import Reuse
 from collabinfer.errors import ConfigError, TierError
 from collabinfer.model.blocks import BlockNet
 from collabinfer.model.gates import gate_net
-from collabinfer.model.package import ModelPackage, read_package, zoo_package_dir
+from collabinfer.model.package import (
+    ModelPackage,
+    names_a_package,
+    read_package,
+    zoo_package_dir,
+)
 from collabinfer.model.zoo import GATES_SUFFIX, create_model, model_spec, split_variant
 from collabinfer.plan.profile import Profile
 from collabinfer.serve.config import TIER_INDEX, ServerConfig
@@ -197,7 +202,7 @@ def load_served(
     its base model; ``+bn``/``+vbn`` (bottlenecks) exist trained only.
     """
     text = str(spec)
-    if isinstance(spec, Path) or "/" in text or Path(text).is_dir():
+    if names_a_package(spec):
         if untrained:
             raise ConfigError("a package holds its weights; drop --untrained")
         package = read_package(text)

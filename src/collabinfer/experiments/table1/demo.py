@@ -17,7 +17,7 @@ from collabinfer.experiments.table1.candidates import (
 from collabinfer.experiments.table1.run import Table1Models, run_table1
 from collabinfer.experiments.table1.schema import Table1Config, Table1Result
 from collabinfer.model.blocks import BlockNet
-from collabinfer.model.package import read_package
+from collabinfer.model.package import names_a_package, read_package
 from collabinfer.plan.profile import one_thread, profile_model
 from collabinfer.progress import ProgressFn
 from collabinfer.train import config_for, train_or_load
@@ -36,7 +36,7 @@ def prepare_models(
     """Both classifiers and the collabinfer row's candidates, trained once (cached),
     then profiled at batch 1 on one thread."""
     local, _ = train_or_load(config_for(cfg.local_model), cache, data_root, progress)
-    if is_model_path(cfg.full_model):
+    if names_a_package(cfg.full_model):
         return _package_models(cfg, local)
     full, full_res = train_or_load(config_for(cfg.full_model), cache, data_root, progress)
     val_acc = full_res.metrics["val_acc"]
@@ -54,11 +54,6 @@ def prepare_models(
         full_prof = profile_model(full, cfg.full_model, repeats=50)
         local_prof = profile_model(local, cfg.local_model, repeats=50)
     return Table1Models(full, local, full_prof, local_prof, dynamic, bottleneck)
-
-
-def is_model_path(spec: str) -> bool:
-    """A ``--model`` naming a package directory rather than a zoo model."""
-    return "/" in spec or Path(spec).is_dir()
 
 
 def _package_models(cfg: Table1Config, local: BlockNet) -> Table1Models:

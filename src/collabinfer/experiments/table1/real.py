@@ -44,6 +44,7 @@ from collabinfer.experiments.table1.rows import (
     device_send,
 )
 from collabinfer.experiments.table1.schema import Row, Table1Config
+from collabinfer.model.package import names_a_package
 from collabinfer.progress import ProgressFn, report
 from collabinfer.runtime.link import BandwidthTrace
 from collabinfer.runtime.state import WORK_KINDS
@@ -97,7 +98,7 @@ def tier_process(
 ) -> Iterator[str]:
     """``collabinfer serve`` in a subprocess (one torch thread); yields its URL once ready.
     A trained zoo model is packaged here first, so the servers start without doing it."""
-    if "/" not in model and "--untrained" not in options:
+    if not names_a_package(model) and "--untrained" not in options:
         zoo_package(model, cache)
     cmd = _cli(
         "serve", "--tier", tier, "--model", model, "--host", "127.0.0.1", "--port", str(port)
